@@ -1,0 +1,305 @@
+"""One typed configuration tree for rpusim: device, periphery (forward/backward), update, run.
+
+Every section is a frozen pydantic model that rejects unknown keys and wrong types. Values are
+addressed by dotted names (``device.up_down``, ``forward.inp_bits``) in overrides, YAML files and
+on the command line. Errors are raised as :class:`ConfigError` with one line that names the key and
+what is allowed.
+
+Defaults are the "RPU baseline" of ``docs/model.md`` (Gokmen & Haensch 2016 / Gokmen, Rasch &
+Haensch 2018, constant-step device, BL 10).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value was refused. The message is one line: ``key: what is allowed``."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device
+# ---------------------------------------------------------------------------------------------
+
+
+class DeviceConfig(_Section):
+    """A resistive cross-point device. ``kind`` selects the device model (see ``devices.py``)."""
+
+    kind: Literal["constant_step"] = "constant_step"
+    dw_min: float = Field(0.001, gt=0, description="mean weight step per coincidence")
+    dw_min_dtod: float = Field(0.3, ge=0, description="device-to-device spread of the step")
+    dw_min_std: float = Field(0.3, ge=0, description="cycle-to-cycle spread of each step")
+    up_down: float = Field(0.0, gt=-1, lt=1, description="mean up/down asymmetry (fraction)")
+    up_down_dtod: float = Field(0.01, ge=0, description="device-to-device spread of asymmetry")
+    w_max: float | None = Field(0.6, ge=0, description="upper weight bound (null: unbounded)")
+    w_min: float | None = Field(-0.6, le=0, description="lower weight bound (null: unbounded)")
+    w_max_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_max")
+    w_min_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_min")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> DeviceConfig:
+        if self.w_max is not None and self.w_min is not None and self.w_min >= self.w_max:
+            raise ValueError(f"w_min ({self.w_min}) must be below w_max ({self.w_max})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Periphery
+# ---------------------------------------------------------------------------------------------
+
+
+class IOConfig(_Section):
+    """Periphery of one read direction: noise/bound management, DAC, output noise, ADC."""
+
+    inp_bits: int | None = Field(7, ge=2, le=24, description="DAC bits (null: no quantization)")
+    out_bits: int | None = Field(9, ge=2, le=24, description="ADC bits (null: no quantization)")
+    inp_bound: float | None = Field(1.0, gt=0, description="DAC input range (null: no clip)")
+    out_bound: float | None = Field(12.0, gt=0, description="ADC output range (null: no clip)")
+    out_noise: float = Field(0.06, ge=0, description="output noise std, in weight units")
+    inp_sto_round: bool = Field(False, description="stochastic rounding in the DAC")
+    noise_management: Literal["abs_max", "none"] = "abs_max"
+    bound_management: Literal["iterative", "none"] = "iterative"
+    max_bm_factor: int = Field(1024, ge=1, description="largest input down-scaling of bound mgmt")
+
+    @model_validator(mode="after")
+    def _converters_need_ranges(self) -> IOConfig:
+        if self.inp_bits is not None and self.inp_bound is None:
+            raise ValueError("inp_bits needs a finite inp_bound (set inp_bound or inp_bits: null)")
+        if self.out_bits is not None and self.out_bound is None:
+            raise ValueError("out_bits needs a finite out_bound (set out_bound or out_bits: null)")
+        return self
+
+
+class BackwardIOConfig(IOConfig):
+    """Backward periphery. Bound management is off by default here [choice, as aihwkit]."""
+
+    bound_management: Literal["iterative", "none"] = "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# Update
+# ---------------------------------------------------------------------------------------------
+
+
+class UpdateConfig(_Section):
+    """How ``W <- W - lr * d^T x`` reaches the devices."""
+
+    mode: Literal["pulsed", "float"] = "pulsed"
+    bl: int = Field(10, ge=1, le=64, description="pulse train length (BL_max with bl_management)")
+    update_management: bool = True
+    bl_management: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# The tile's configuration
+# ---------------------------------------------------------------------------------------------
+
+
+class RPUConfig(_Section):
+    """Configuration of one analog tile: ``device``, ``forward``, ``backward``, ``update``.
+
+    >>> cfg = RPUConfig.preset("rpu_baseline").override({"device.up_down": 0.02})
+    """
+
+    device: DeviceConfig = DeviceConfig()
+    forward: IOConfig = IOConfig()
+    backward: BackwardIOConfig = BackwardIOConfig()
+    update: UpdateConfig = UpdateConfig()
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str) -> RPUConfig:
+        """A named configuration: ``rpu_baseline`` (the defaults) or ``ideal`` (a float tile)."""
+        if name not in PRESETS:
+            raise ConfigError(f"preset {name!r}: unknown; choose one of {sorted(PRESETS)}")
+        return cls.from_dict(PRESETS[name])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, prefix: str = "") -> RPUConfig:
+        """Validate a nested dict; unknown keys and wrong types raise :class:`ConfigError`."""
+        return validate(cls, data, prefix=prefix)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RPUConfig:
+        """Read a YAML file written by :meth:`to_yaml` (or by hand)."""
+        return cls.from_dict(load_yaml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+    def to_yaml(self, path: str | Path) -> None:
+        dump_yaml(self.to_dict(), path)
+
+    def override(self, changes: dict[str, Any], *, prefix: str = "") -> RPUConfig:
+        """A copy with dotted keys replaced, e.g. ``{"forward.inp_bits": 5}``."""
+        return type(self).from_dict(apply_overrides(self.to_dict(), changes, prefix), prefix=prefix)
+
+
+_IDEAL_IO = {
+    "inp_bits": None,
+    "out_bits": None,
+    "inp_bound": None,
+    "out_bound": None,
+    "out_noise": 0.0,
+    "inp_sto_round": False,
+    "noise_management": "none",
+    "bound_management": "none",
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "rpu_baseline": {},
+    "ideal": {
+        "device": {
+            "dw_min_dtod": 0.0,
+            "dw_min_std": 0.0,
+            "up_down_dtod": 0.0,
+            "w_max": None,
+            "w_min": None,
+            "w_max_dtod": 0.0,
+            "w_min_dtod": 0.0,
+        },
+        "forward": dict(_IDEAL_IO),
+        "backward": dict(_IDEAL_IO),
+        "update": {"mode": "float"},
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by every configuration tree
+# ---------------------------------------------------------------------------------------------
+
+
+def validate(model: type[BaseModel], data: Any, *, prefix: str = "") -> Any:
+    """``model.model_validate(data)`` with the first error turned into a one-line ConfigError."""
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {_kind(data)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(model, err, prefix)) from None
+
+
+def apply_overrides(tree: dict[str, Any], changes: dict[str, Any], prefix: str = "") -> dict:
+    """Return a copy of ``tree`` with each dotted key of ``changes`` set (keys must exist)."""
+    import copy
+
+    out = copy.deepcopy(tree)
+    for dotted, value in changes.items():
+        if not isinstance(dotted, str) or not dotted:
+            raise ConfigError(f"{dotted!r}: override keys are dotted names such as 'device.dw_min'")
+        node = out
+        parts = dotted.split(".")
+        for depth, part in enumerate(parts):
+            where = prefix + ".".join(parts[: depth + 1])
+            if not isinstance(node, dict) or part not in node:
+                options = list(node) if isinstance(node, dict) else []
+                raise ConfigError(f"{where}: unknown key{_suggest(part, options)}")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"{where}: is a value, not a section (no '.' after it)")
+                node = node[part]
+    return out
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse a command-line ``key=value``; the value is read as YAML (``5``, ``null``, ``true``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. rpu.device.up_down=0.02")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file with the safe loader; errors become one-line ConfigErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    return {} if data is None else data
+
+
+def dump_yaml(data: dict[str, Any], path: str | Path) -> None:
+    """Write ``data`` as YAML atomically (a kill leaves the old file or the new one)."""
+    from rpusim.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    if options:
+        return f"; allowed: {', '.join(sorted(map(str, options)))}"
+    return ""
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Names of the fields of the section that ``loc`` points into."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if current is None:
+            break
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def _one_line(model: type[BaseModel], err: ValidationError, prefix: str) -> str:
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if isinstance(p, str | int))
+    key = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "config"
+    kind = first["type"]
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key{_suggest(str(loc[-1]), _fields_at(model, loc[:-1]))}"
+    ctx = first.get("ctx") or {}
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        ops = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+               "less_than_equal": "<="}
+        bound = next(iter(ctx.values()), "?")
+        return f"{key}: {value!r} is out of range; it must be {ops[kind]} {bound}"
+    if kind == "literal_error":
+        return f"{key}: {value!r} is not allowed; expected {ctx.get('expected', '?')}"
+    if kind == "value_error":
+        msg = str(ctx.get("error", first["msg"]))
+        return f"{key}: {msg}" if loc else f"{prefix.rstrip('.') or 'config'}: {msg}"
+    if kind.endswith("_type") or kind in ("model_type", "dict_type"):
+        want = kind.removesuffix("_type").replace("model", "mapping").replace("dict", "mapping")
+        return f"{key}: expected {want}, got {_kind(value)} {value!r}"
+    return f"{key}: {first['msg']}"
