@@ -303,3 +303,158 @@ def _one_line(model: type[BaseModel], err: ValidationError, prefix: str) -> str:
         want = kind.removesuffix("_type").replace("model", "mapping").replace("dict", "mapping")
         return f"{key}: expected {want}, got {_kind(value)} {value!r}"
     return f"{key}: {first['msg']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A training run: data, model, train and the tiles' RPU configuration
+# ---------------------------------------------------------------------------------------------
+
+
+_SPLIT_RULE = "three fractions (train, valid, test), each >= 0, that sum to 1"
+
+
+class DataConfig(_Section):
+    """Which text to model and how it is cut (see ``data.py``)."""
+
+    corpus: str = Field("warpeace", min_length=1, description="shipped corpus name or file path")
+    max_bytes: int | None = Field(
+        None, ge=1, description="use only the first max_bytes bytes (null: all); vocab from all"
+    )
+    split: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="contiguous train/valid/test fractions"
+    )
+    eval_chars: int | None = Field(
+        None,
+        ge=1,
+        description="evaluate on the first eval_chars characters of valid and test (null: all)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_from_list(cls, data: Any) -> Any:
+        # YAML has no tuples: accept a list of three numbers.
+        if isinstance(data, dict) and isinstance(data.get("split"), list | tuple):
+            if len(data["split"]) != 3:
+                raise ValueError(f"split {list(data['split'])} must be {_SPLIT_RULE}")
+            data = {**data, "split": tuple(data["split"])}
+        return data
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> DataConfig:
+        if any(f < 0 for f in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
+            raise ValueError(f"split {list(self.split)} must be {_SPLIT_RULE}")
+        if self.split[0] == 0:
+            raise ValueError(f"split {list(self.split)}: the train fraction must be above 0")
+        return self
+
+
+class ModelConfig(_Section):
+    """The network: ``layers`` stacked LSTM layers of ``hidden`` units (LSTM<layers>-<hidden>)."""
+
+    layers: int = Field(2, ge=1, le=8, description="stacked LSTM layers")
+    hidden: int = Field(64, ge=1, description="units per LSTM layer")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout between layers (digital)")
+
+
+class TrainConfig(_Section):
+    """Plain SGD with truncated BPTT; the loss is the mean cross-entropy per character."""
+
+    lr: float = Field(1.0, gt=0, description="SGD learning rate (loss averaged over a sequence)")
+    batch_size: int = Field(1, ge=1, description="parallel sequences per update")
+    seq_len: int = Field(100, ge=1, description="BPTT length (time steps per update)")
+    epochs: int = Field(1, ge=1, description="passes over the training split")
+    max_chars: int | None = Field(
+        None, ge=1, description="stop after this many training characters (null: epochs only)"
+    )
+    eval_every_chars: int = Field(
+        100_000, ge=1, description="evaluate and checkpoint every this many training characters"
+    )
+
+
+class RunConfig(_Section):
+    """Everything one training run depends on; ``config.yaml`` in a run folder is one of these.
+
+    In YAML, ``rpu`` is a preset name (``rpu: ideal``), or a mapping with an optional
+    ``preset: NAME`` and section overrides (``rpu: {preset: rpu_baseline, device: {up_down:
+    0.02}}``), or a full tree. The resolved config always holds the full tree.
+
+    >>> cfg = RunConfig.from_yaml("experiments/lstm2-64wp-rpu.yaml", ["train.lr=0.5"])
+    """
+
+    seed: int = Field(0, ge=0, description="seeds the tiles, the devices and every random stream")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    rpu: RPUConfig = RPUConfig()
+
+    @classmethod
+    def from_dict(cls, data: Any, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """Validate a (partial) nested dict, then apply ``key=value`` overrides in order.
+
+        Missing keys take their defaults; unknown keys and wrong types raise a one-line
+        :class:`ConfigError` that names the dotted key (and suggests the closest known one).
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping of keys to values, got {_kind(data)}")
+        tree = cls().to_dict()
+        raw = dict(data)
+        if "rpu" in raw:
+            tree["rpu"] = _resolve_rpu(raw.pop("rpu"))
+        tree = apply_overrides(tree, dict(_flatten(raw, tree)))
+        for text in overrides:
+            key, value = parse_assignment(text)
+            if key == "rpu" or key == "rpu.preset":
+                tree["rpu"] = _resolve_rpu(value if key == "rpu" else {"preset": value})
+            else:
+                tree = apply_overrides(tree, {key: value})
+        return validate(cls, tree)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """Read a run config from YAML and apply ``--set key=value`` overrides."""
+        data = load_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values, got {_kind(data)}")
+        return cls.from_dict(data, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full tree as plain YAML/JSON types (tuples become lists)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the fully resolved tree (atomically)."""
+        dump_yaml(self.to_dict(), path)
+
+    def override(self, changes: list[str] | tuple[str, ...]) -> RunConfig:
+        """A copy with ``key=value`` overrides applied (``["train.lr=0.5"]``)."""
+        return type(self).from_dict(self.to_dict(), changes)
+
+
+def _resolve_rpu(value: Any) -> dict[str, Any]:
+    """The full ``rpu`` tree from a preset name, ``{preset: NAME, ...overrides}`` or a tree."""
+    if value is None:
+        value = {}
+    if isinstance(value, str):
+        value = {"preset": value}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"rpu: expected a preset name ({', '.join(sorted(PRESETS))}) or a mapping, "
+            f"got {_kind(value)} {value!r}"
+        )
+    value = dict(value)
+    name = value.pop("preset", "rpu_baseline")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"rpu.preset: {name!r} is unknown{_suggest(str(name), list(PRESETS))}")
+    base = RPUConfig.preset(name).to_dict()
+    return apply_overrides(base, dict(_flatten(value, base, "")), prefix="rpu.")
+
+
+def _flatten(raw: dict[str, Any], defaults: dict[str, Any], prefix: str = ""):
+    """Yield ``(dotted_key, value)`` for the leaves of ``raw``, following the sections of
+    ``defaults`` (a mapping given where a value belongs stays one leaf, and is refused later)."""
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            yield from _flatten(value, defaults[key], dotted + ".")
+        else:
+            yield dotted, value

@@ -56,11 +56,12 @@ def analog_mvm(
     """
     if io.noise_management == "abs_max":
         alpha = x.abs().amax(dim=1, keepdim=True)
-        # alpha == 0: the input is all zeros, the output is exactly zero (scale by 1 avoids 0/0).
-        alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+        # alpha == 0: the input is all zeros and the output is exactly zero (no read happens);
+        # scaling by 0 at the end gives that, and dividing by 1 avoids 0/0.
+        x_hat = x / torch.where(alpha > 0, alpha, torch.ones_like(alpha))
     else:
         alpha = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
-    x_hat = x / alpha
+        x_hat = x
     matrix = weights if transposed else weights.t()
 
     out = _read(matrix, x_hat, io, generator)
