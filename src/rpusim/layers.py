@@ -1,0 +1,616 @@
+"""Analog layers: a linear layer and LSTM layers, each ONE tile (``docs/rpu-model.md`` section 5).
+
+The matrix-vector products (forward read ``W z``, backward read ``W^T delta``) and the weight
+update (pulsed, ``W <- W - lr * delta z^T`` per time step and batch row) happen on the tile;
+everything else (gate non-linearities, cell state, dropout) is digital, float32, written out by
+hand: there is no autograd graph.
+
+Shapes are time-major, as in ``torch.nn.LSTM``: ``x (T, B, n_in)``, ``h (B, hidden)``.
+
+* :class:`AnalogLinear` ``y = W [x; 1]``, tile ``(out, in + 1)``, the last column the analog bias.
+* :class:`AnalogLSTMLayer` one LSTM layer, tile ``(4h, n_in + h + 1)`` holding the gates
+  ``i, f, g, o`` (``torch.nn.LSTM``'s order and layout) stacked; input ``z_t = [x_t; h_{t-1}; 1]``.
+* :class:`AnalogLSTM` stacked layers with (inverted) dropout on the outputs passed upward.
+
+Every layer records the pairs ``(z, delta)`` of its backward pass, ``delta = dloss/dy`` for the
+tile's output ``y``, and :meth:`apply_update` sends them to the tile in the order time steps, then
+batch rows. With the ``ideal`` preset (``update.mode: float``) the update is exactly SGD on the
+summed gradient ``sum_k delta_k z_k^T`` and the layers compute what ``torch.nn.LSTM`` /
+``torch.nn.Linear`` compute: that is the floating-point twin of the analog network.
+
+Speed: at batch 1 (the paper's setting) a step is a chain of tiny operations, so the cost is the
+number of calls per step, not arithmetic. Each step makes one tile read and ONE call for the whole
+digital cell: a numba-compiled element loop (:func:`_cell_forward`, :func:`_cell_backward`) on
+CPU, or a handful of vectorised torch ops (the reference, any device; ``layer.cell_backend``).
+Buffers for all ``T`` steps are allocated once per sequence. Tiny ops run fastest on one thread:
+``torch.set_num_threads(1)`` for batch-1 training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from numba import njit
+
+from rpusim.config import RPUConfig
+from rpusim.tile import AnalogTile
+
+# Independent random streams derived from a layer's seed.
+_STREAM_INIT, _STREAM_TILE, _STREAM_LAYER, _STREAM_DROPOUT = range(4)
+
+
+def child_seed(seed: int, *path: int) -> int:
+    """An independent non-negative 31-bit seed for ``(seed, *path)`` (numpy SeedSequence)."""
+    state = np.random.SeedSequence([int(seed), *map(int, path)]).generate_state(1, np.uint32)
+    return int(state[0]) & 0x7FFFFFFF
+
+
+def _init_uniform(out_size: int, in_size: int, bound: float, seed: int) -> torch.Tensor:
+    """``U(-bound, bound)`` weights (out, in) from a generator that only ``seed`` fixes.
+
+    Drawn independently of the tile's configuration, so an RPU model and its floating-point twin
+    built with the same seed start from the same weights (the RPU tile then clips them to its
+    devices' bounds when they are programmed).
+    """
+    gen = torch.Generator().manual_seed(child_seed(seed, _STREAM_INIT))
+    w = torch.empty(out_size, in_size, dtype=torch.float64)
+    return w.uniform_(-bound, bound, generator=gen).to(torch.float32)
+
+
+def _check_seed(seed: int, who: str) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{who}: seed must be a non-negative int, got {seed!r}")
+
+
+class _Recorder:
+    """The ``(z, delta)`` pairs of the backward passes since the last update, in time order."""
+
+    def __init__(self) -> None:
+        self.z: list[torch.Tensor] = []
+        self.delta: list[torch.Tensor] = []
+
+    def add(self, z: torch.Tensor, delta: torch.Tensor) -> None:
+        self.z.append(z)
+        self.delta.append(delta)
+
+    def flush(self, tile: AnalogTile, lr: float) -> None:
+        if self.z:
+            z = self.z[0] if len(self.z) == 1 else torch.cat(self.z)
+            delta = self.delta[0] if len(self.delta) == 1 else torch.cat(self.delta)
+            tile.update(z, delta, lr)
+        self.clear()
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.z:
+            raise RuntimeError("no recorded pairs: run a backward pass first")
+        return torch.cat(self.z), torch.cat(self.delta)
+
+    def clear(self) -> None:
+        self.z.clear()
+        self.delta.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear
+# ---------------------------------------------------------------------------------------------
+
+
+class AnalogLinear:
+    """``y = W [x; 1]`` on one tile ``(out_features, in_features + 1)``; the last column is the
+    analog bias (driven by a constant input 1).
+
+    Initialisation as ``torch.nn.Linear``: weights and bias ``U(-1/sqrt(in), 1/sqrt(in))``.
+
+    Use::
+
+        lin = AnalogLinear(64, 87, RPUConfig.preset("ideal"), seed=0)
+        y = lin.forward(h)              # h (T, B, 64) -> y (T, B, 87), one read per row
+        dh = lin.backward(dy)           # dy = dloss/dy (T, B, 87) -> dloss/dh (T, B, 64)
+        lin.apply_update(lr)            # the T*B pairs ([h; 1], dy), in order t, then b
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rpu_cfg: RPUConfig | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        _check_seed(seed, "AnalogLinear")
+        self.in_features, self.out_features = in_features, out_features
+        self.device = torch.device(device)
+        self.tile = AnalogTile(
+            out_features,
+            in_features + 1,
+            rpu_cfg,
+            seed=child_seed(seed, _STREAM_TILE),
+            device=self.device,
+        )
+        bound = 1.0 / math.sqrt(in_features)
+        self.tile.set_weights(_init_uniform(out_features, in_features + 1, bound, seed))
+        self._z: torch.Tensor | None = None  # [x; 1] of the last forward, (N, in + 1)
+        self._pairs = _Recorder()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = W [x; 1]``, one forward read per row. x: (..., in) -> y: (..., out).
+
+        Leading dimensions are flattened in row-major order, so ``(T, B, in)`` gives the rows in
+        the order time steps, then batch rows (the order of the later update).
+        """
+        lead = x.shape[:-1]
+        z = torch.empty(*lead, self.in_features + 1, dtype=torch.float32, device=self.device)
+        z[..., : self.in_features] = x
+        z[..., self.in_features] = 1.0
+        z = z.view(-1, self.in_features + 1)
+        self._z = z
+        return self.tile.forward(z).view(*lead, self.out_features)
+
+    def backward(self, grad_y: torch.Tensor) -> torch.Tensor:
+        """``dloss/dx`` from ``grad_y = dloss/dy`` (..., out) through the backward read ``W^T``.
+
+        Records the pairs ``([x; 1], grad_y)`` of the last :meth:`forward` for the update.
+        Returns (..., in): the bias row of the read is dropped.
+        """
+        lead = grad_y.shape[:-1]
+        delta = grad_y.reshape(-1, self.out_features).to(torch.float32)
+        if self._z is None or self._z.shape[0] != delta.shape[0]:
+            raise RuntimeError("AnalogLinear.backward: call forward with the same rows first")
+        self._pairs.add(self._z, delta.clone())
+        self._z = None
+        dz = self.tile.backward(delta)
+        return dz[:, : self.in_features].reshape(*lead, self.in_features)
+
+    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pairs waiting for the update: ``z`` (K, in + 1) and ``delta`` (K, out), in order.
+
+        ``delta.T @ z`` is the gradient ``dloss/dW`` that the update applies.
+        """
+        return self._pairs.stacked()
+
+    def apply_update(self, lr: float) -> None:
+        """Send the recorded pairs to the tile (``W <- W - lr * sum_k delta_k z_k^T``, pulsed)."""
+        self._pairs.flush(self.tile, lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tile's state (weights, devices, random streams); plain tensors and ints."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "tile": self.tile.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        shape = (int(state["in_features"]), int(state["out_features"]))
+        if shape != (self.in_features, self.out_features):
+            raise ValueError(
+                f"AnalogLinear state: (in, out) = {shape} does not match this layer "
+                f"({self.in_features}, {self.out_features})"
+            )
+        self.tile.load_state_dict(state["tile"])
+        self._z = None
+        self._pairs.clear()
+
+    def __repr__(self) -> str:
+        return f"AnalogLinear({self.in_features} -> {self.out_features}, {self.tile!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM
+# ---------------------------------------------------------------------------------------------
+
+
+# The digital cell, element by element, compiled by numba: the twins of the torch ops in
+# AnalogLSTMLayer (float64 arithmetic, float32 storage; equal to them to float32 rounding).
+_jit = njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@_jit
+def _tanh(x):
+    # expm1 keeps small |x| accurate; libm's tanh is ~4x slower and this loop is the hot one.
+    if x > 20.0:
+        return 1.0
+    e = math.expm1(2.0 * x)
+    return e / (e + 2.0)
+
+
+@_jit
+def _cell_forward(a, t, n, G, C, TC, Z):
+    """One LSTM step after the read ``a`` (B, 4h): writes G[t] (i, f, g, o), C[t + 1] = c_t,
+    TC[t] = tanh(c_t), and h_t into Z[t + 1, :, n:n + h]."""
+    B, h = a.shape[0], C.shape[2]
+    for b in range(B):
+        for j in range(h):
+            i = _sigmoid(a[b, j])
+            f = _sigmoid(a[b, h + j])
+            g = _tanh(a[b, 2 * h + j])
+            o = _sigmoid(a[b, 3 * h + j])
+            G[t, b, j], G[t, b, h + j], G[t, b, 2 * h + j], G[t, b, 3 * h + j] = i, f, g, o
+            c = f * C[t, b, j] + i * g
+            tc = _tanh(c)
+            C[t + 1, b, j] = c
+            TC[t, b, j] = tc
+            Z[t + 1, b, n + j] = o * tc
+
+
+@_jit
+def _cell_backward(t, gh, dz, n, G, C, TC, dc, dA):
+    """One BPTT step. ``gh`` (T, B, h): dloss/dh_t from above; ``dz`` (B, n + h + 1): the
+    backward read of step t + 1, whose ``[n:n + h]`` is dloss/dh_t through the recurrence; ``dc``
+    (B, h): dloss/dc_t in, dloss/dc_{t-1} out. Writes da_t into dA[t]."""
+    B, h = dc.shape
+    for b in range(B):
+        for j in range(h):
+            dh = gh[t, b, j] + dz[b, n + j]
+            i, f = G[t, b, j], G[t, b, h + j]
+            g, o = G[t, b, 2 * h + j], G[t, b, 3 * h + j]
+            tc = TC[t, b, j]
+            dcj = dc[b, j] + dh * o * (1.0 - tc * tc)
+            dA[t, b, j] = dcj * g * i * (1.0 - i)
+            dA[t, b, h + j] = dcj * C[t, b, j] * f * (1.0 - f)
+            dA[t, b, 2 * h + j] = dcj * i * (1.0 - g * g)
+            dA[t, b, 3 * h + j] = dh * tc * o * (1.0 - o)
+            dc[b, j] = dcj * f
+
+
+#: How the digital LSTM cell is computed between the reads: ``"torch"`` (a few vectorised torch
+#: ops per step: the reference, any device), ``"numba"`` (one compiled call per step, CPU only;
+#: equal to the reference to float32 rounding) or ``"auto"`` (numba on CPU, torch elsewhere).
+CELL_BACKENDS = ("auto", "numba", "torch")
+
+
+class AnalogLSTMLayer:
+    """One LSTM layer on one tile ``W`` of shape ``(4h, n_in + h + 1)``.
+
+    Per time step, with ``z_t = [x_t; h_{t-1}; 1]`` (n_in + h + 1)::
+
+        a_t = W z_t                                  one forward read: all 4h pre-activations
+        i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g)       (gate order i, f, g, o)
+        c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(c_t)
+
+    ``W[:, :n_in]`` is torch's ``weight_ih``, ``W[:, n_in:n_in+h]`` is ``weight_hh`` and the last
+    column is the analog bias (``bias_ih + bias_hh`` of torch). Initialisation as
+    ``torch.nn.LSTM``: every entry ``U(-1/sqrt(h), 1/sqrt(h))``.
+
+    Backpropagation through time reads the array backwards once per step,
+    ``[dx_t; dh_{t-1}; _] = W^T da_t``, and records ``(z_t, da_t)``: ``da_t = dloss/da_t``.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        hidden: int,
+        rpu_cfg: RPUConfig | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        _check_seed(seed, "AnalogLSTMLayer")
+        self.n_in, self.hidden = n_in, hidden
+        self.device = torch.device(device)
+        self.tile = AnalogTile(
+            4 * hidden,
+            n_in + hidden + 1,
+            rpu_cfg,
+            seed=child_seed(seed, _STREAM_TILE),
+            device=self.device,
+        )
+        bound = 1.0 / math.sqrt(hidden)
+        self.tile.set_weights(_init_uniform(4 * hidden, n_in + hidden + 1, bound, seed))
+        #: ``"auto"``, ``"numba"`` or ``"torch"``: see :data:`CELL_BACKENDS`.
+        self.cell_backend = "auto"
+        self._cache: tuple[torch.Tensor, ...] | None = None
+        self._pairs = _Recorder()
+
+    def _use_numba(self) -> bool:
+        if self.cell_backend not in CELL_BACKENDS:
+            raise ValueError(f"cell_backend {self.cell_backend!r}: choose one of {CELL_BACKENDS}")
+        if self.cell_backend == "auto":
+            return self.device.type == "cpu"
+        if self.cell_backend == "numba" and self.device.type != "cpu":
+            raise ValueError("cell_backend 'numba' needs a CPU tile; use 'torch' or 'auto'")
+        return self.cell_backend == "numba"
+
+    def forward_sequence(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run ``T`` steps. x: (T, B, n_in); state ``(h0, c0)``, each (B, h).
+
+        Returns ``hs`` (T, B, h), the hidden states h_1..h_T (a view of this call's cache: read
+        it, do not write it), and the final ``(hT, cT)``, each (B, h), fresh tensors.
+        Keeps what :meth:`backward_sequence` needs (of the last call).
+        """
+        T, B, n_in = x.shape
+        if n_in != self.n_in:
+            raise ValueError(f"AnalogLSTMLayer: x has {n_in} features, expected {self.n_in}")
+        h, n = self.hidden, self.n_in
+        h0, c0 = state
+        opts = {"dtype": torch.float32, "device": self.device}
+        # Z[t] = z_t = [x_t; h_{t-1}; 1]: each step writes h_t straight into the next input, so Z
+        # holds the inputs of every read (the update's x side) and all hidden states.
+        Z = torch.empty(T + 1, B, n + h + 1, **opts)
+        Z[:T, :, :n] = x
+        Z[0, :, n : n + h] = h0
+        Z[:, :, n + h] = 1.0
+        G = torch.empty(T, B, 4 * h, **opts)  # activations i, f, g, o
+        C = torch.empty(T + 1, B, h, **opts)  # C[t] = c_{t-1}
+        C[0] = c0
+        TC = torch.empty(T, B, h, **opts)  # tanh(c_t)
+        H = Z[1:, :, n : n + h]  # h_t, a view
+        Zs, tile = Z.unbind(0), self.tile
+        if self._use_numba():
+            cell = _cell_forward
+            Zn, Gn, Cn, TCn = Z.numpy(), G.numpy(), C.numpy(), TC.numpy()
+            for t in range(T):
+                a = tile.forward(Zs[t])  # (B, 4h): the one forward read of this step
+                cell(a.numpy(), t, n, Gn, Cn, TCn, Zn)
+        else:
+            # Per-step views made in one call each (indexing in the loop costs ~1 us a view).
+            Gs, Cs, TCs, Hs = G.unbind(0), C.unbind(0), TC.unbind(0), H.unbind(0)
+            gis, gfs = G[..., :h].unbind(0), G[..., h : 2 * h].unbind(0)
+            ggs, gos = G[..., 2 * h : 3 * h].unbind(0), G[..., 3 * h :].unbind(0)
+            for t in range(T):
+                a = tile.forward(Zs[t])  # (B, 4h): the one forward read of this step
+                torch.sigmoid(a, out=Gs[t])
+                torch.tanh(a[:, 2 * h : 3 * h], out=ggs[t])
+                c = Cs[t + 1]
+                torch.mul(gfs[t], Cs[t], out=c)
+                c.addcmul_(gis[t], ggs[t])
+                torch.tanh(c, out=TCs[t])
+                torch.mul(gos[t], TCs[t], out=Hs[t])
+        self._cache = (Z, G, C, TC)
+        return H, (H[T - 1].clone(), C[T].clone())
+
+    def backward_sequence(
+        self,
+        grad_hs: torch.Tensor,
+        grad_hT: torch.Tensor | None = None,
+        grad_cT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Backpropagation through time over the last :meth:`forward_sequence`.
+
+        grad_hs: dloss/dh_t for t = 1..T from above (T, B, h); grad_hT, grad_cT: dloss/dh_T and
+        dloss/dc_T from beyond the sequence (B, h), ``None`` = 0 (truncated BPTT). Returns
+        dloss/dx (T, B, n_in), from one backward read per step, and records the T*B pairs
+        ``(z_t, da_t)`` for :meth:`apply_update`. Per step, going back in time::
+
+            dh  = dloss/dh_t (from above) + [W^T da_{t+1}]_h      (the read of step t + 1)
+            dc  = dc_{t+1} f_{t+1} + dh o (1 - tanh(c_t)^2)
+            da  = [dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh tanh(c_t) o(1-o)]
+            [dx_t; dh_{t-1}; _] = W^T da                           (one backward read)
+        """
+        if self._cache is None:
+            raise RuntimeError("AnalogLSTMLayer.backward_sequence: call forward_sequence first")
+        Z, G, C, TC = self._cache
+        self._cache = None
+        T, B, _ = G.shape
+        h, n = self.hidden, self.n_in
+        if grad_hs.shape != (T, B, h):
+            raise ValueError(
+                f"backward_sequence: grad_hs has shape {tuple(grad_hs.shape)}, expected {(T, B, h)}"
+            )
+        opts = {"dtype": torch.float32, "device": self.device}
+        grad_hs = grad_hs.to(**opts).contiguous()
+        # The read of the (virtual) step T + 1 brings dloss/dh_T from beyond the sequence.
+        dz = torch.zeros(B, n + h + 1, **opts)
+        if grad_hT is not None:
+            dz[:, n : n + h] = grad_hT
+        dc = torch.zeros(B, h, **opts)
+        if grad_cT is not None:
+            dc.copy_(grad_cT)
+        dA = torch.empty_like(G)  # da_t, the update's delta side
+        dAs, tile = dA.unbind(0), self.tile
+        dZ: list[torch.Tensor] = [dz] * T
+        if self._use_numba():
+            cell = _cell_backward
+            ghn, Gn, Cn, TCn, dcn, dAn = (v.numpy() for v in (grad_hs, G, C, TC, dc, dA))
+            for t in range(T - 1, -1, -1):
+                cell(t, ghn, dz.numpy(), n, Gn, Cn, TCn, dcn, dAn)
+                dz = tile.backward(dAs[t])  # (B, n + h + 1) = W^T da_t: the one backward read
+                dZ[t] = dz
+        else:
+            # Vectorised over all steps before the loop: each gate's pre-activation derivative
+            # is (its partner in the product) x (the non-linearity's slope), so that in the loop
+            # da = [dc, dc, dc, dh] * P, P = [g i(1-i), c_{t-1} f(1-f), i (1-g^2), tanh(c) o(1-o)].
+            gi, gf, gg, go = G[..., :h], G[..., h : 2 * h], G[..., 2 * h : 3 * h], G[..., 3 * h :]
+            P = torch.empty_like(G)
+            P4 = P.view(T, B, 4, h)
+            sig_slope = G - G * G
+            torch.mul(gg, sig_slope[..., :h], out=P4[:, :, 0])
+            torch.mul(C[:T], sig_slope[..., h : 2 * h], out=P4[:, :, 1])
+            torch.mul(gi, 1.0 - gg * gg, out=P4[:, :, 2])
+            torch.mul(TC, sig_slope[..., 3 * h :], out=P4[:, :, 3])
+            dc_from_dh = go * (1.0 - TC * TC)  # through h_t = o tanh(c_t)
+            dA4 = dA.view(T, B, 4, h)
+            ghs, dcdhs, gfs = grad_hs.unbind(0), dc_from_dh.unbind(0), gf.unbind(0)
+            P3s, Pos = P4[:, :, :3].unbind(0), P4[:, :, 3].unbind(0)
+            dA3s, dAos = dA4[:, :, :3].unbind(0), dA4[:, :, 3].unbind(0)
+            dc_next = dc
+            for t in range(T - 1, -1, -1):
+                dh = ghs[t] + dz[:, n : n + h]
+                dc = torch.addcmul(dc_next, dh, dcdhs[t])
+                torch.mul(P3s[t], dc.unsqueeze(1), out=dA3s[t])  # da_i, da_f, da_g
+                torch.mul(Pos[t], dh, out=dAos[t])  # da_o
+                dc_next = dc * gfs[t]
+                dz = tile.backward(dAs[t])  # (B, n + h + 1) = W^T da_t: the one backward read
+                dZ[t] = dz
+        self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
+        return torch.stack(dZ)[:, :, :n]
+
+    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pairs waiting for the update: ``z`` (K, n_in + h + 1) and ``da`` (K, 4h), K = T*B
+        per backward pass, in the order time steps, then batch rows. ``da.T @ z`` = dloss/dW.
+        """
+        return self._pairs.stacked()
+
+    def apply_update(self, lr: float) -> None:
+        """Send the recorded pairs to the tile: ``W <- W - lr * sum_k da_k z_k^T``, pulsed, one
+        pair per time step and batch row, in that order."""
+        self._pairs.flush(self.tile, lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tile's state (weights, devices, random streams); plain tensors and ints."""
+        return {"n_in": self.n_in, "hidden": self.hidden, "tile": self.tile.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        shape = (int(state["n_in"]), int(state["hidden"]))
+        if shape != (self.n_in, self.hidden):
+            raise ValueError(
+                f"AnalogLSTMLayer state: (n_in, hidden) = {shape} does not match this layer "
+                f"({self.n_in}, {self.hidden})"
+            )
+        self.tile.load_state_dict(state["tile"])
+        self._cache = None
+        self._pairs.clear()
+
+    def __repr__(self) -> str:
+        return f"AnalogLSTMLayer({self.n_in}, {self.hidden}, {self.tile!r})"
+
+
+class AnalogLSTM:
+    """``layers`` stacked :class:`AnalogLSTMLayer` s, one tile each.
+
+    Dropout (inverted: kept units scaled by ``1/(1 - p)``) acts on the outputs passed upward,
+    between layers as in ``torch.nn.LSTM``, and with ``dropout_top=True`` also on the top layer's
+    output (as char-rnn, before its output layer); never on the recurrent path ``h_{t-1} -> h_t``.
+    Masks are drawn from a seeded generator that is part of :meth:`state_dict`.
+
+    State: ``(h, c)``, each ``(layers, B, hidden)``, as ``torch.nn.LSTM``.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        hidden: int,
+        layers: int,
+        rpu_cfg: RPUConfig | None = None,
+        seed: int = 0,
+        dropout: float = 0.0,
+        device: torch.device | str = "cpu",
+        dropout_top: bool = False,
+    ) -> None:
+        _check_seed(seed, "AnalogLSTM")
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"AnalogLSTM: layers must be a positive int, got {layers!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"AnalogLSTM: dropout must be in [0, 1), got {dropout!r}")
+        self.n_in, self.hidden, self.num_layers = n_in, hidden, layers
+        self.dropout, self.dropout_top = float(dropout), bool(dropout_top)
+        self.device = torch.device(device)
+        self.layers = [
+            AnalogLSTMLayer(
+                n_in if k == 0 else hidden,
+                hidden,
+                rpu_cfg,
+                seed=child_seed(seed, _STREAM_LAYER, k),
+                device=self.device,
+            )
+            for k in range(layers)
+        ]
+        self._gen = torch.Generator().manual_seed(child_seed(seed, _STREAM_DROPOUT))
+        #: Dropout masks of the last training pass, one per layer output (T, B, h) or ``None``.
+        self.masks: list[torch.Tensor | None] = []
+
+    def init_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero state ``(h, c)``, each (layers, batch, hidden)."""
+        shape = (self.num_layers, batch, self.hidden)
+        zeros = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        return zeros, zeros.clone()
+
+    def _mask(self, shape: torch.Size) -> torch.Tensor:
+        keep = 1.0 - self.dropout
+        mask = torch.empty(shape, dtype=torch.float32).bernoulli_(keep, generator=self._gen)
+        return mask.div_(keep).to(self.device)
+
+    def forward_sequence(
+        self,
+        x: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+        train: bool = True,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x: (T, B, n_in), state ``(h, c)`` each (layers, B, h) -> (hs (T, B, h), new state).
+
+        ``train=False`` switches dropout off. The masks used are kept in :attr:`masks` for
+        :meth:`backward_sequence`.
+        """
+        h0, c0 = state
+        drop = train and self.dropout > 0.0
+        masks: list[torch.Tensor | None] = []
+        hT, cT = [], []
+        inp = x
+        for k, layer in enumerate(self.layers):
+            hs, (h_k, c_k) = layer.forward_sequence(inp, (h0[k], c0[k]))
+            hT.append(h_k)
+            cT.append(c_k)
+            mask = None
+            if drop and (k < self.num_layers - 1 or self.dropout_top):
+                mask = self._mask(hs.shape)
+                hs = hs * mask
+            masks.append(mask)
+            inp = hs
+        self.masks = masks
+        return inp, (torch.stack(hT), torch.stack(cT))
+
+    def backward_sequence(
+        self,
+        grad_hs: torch.Tensor,
+        grad_hT: torch.Tensor | None = None,
+        grad_cT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """grad_hs: dloss/d(output) (T, B, h); grad_hT, grad_cT: (layers, B, h) or ``None``.
+
+        Returns dloss/dx (T, B, n_in). Each layer records its pairs for :meth:`apply_update`.
+        """
+        grad = grad_hs
+        for k in range(self.num_layers - 1, -1, -1):
+            mask = self.masks[k] if k < len(self.masks) else None
+            if mask is not None:
+                grad = grad * mask
+            grad = self.layers[k].backward_sequence(
+                grad,
+                None if grad_hT is None else grad_hT[k],
+                None if grad_cT is None else grad_cT[k],
+            )
+        return grad
+
+    def apply_update(self, lr: float) -> None:
+        """Every layer's pulsed update with its recorded pairs."""
+        for layer in self.layers:
+            layer.apply_update(lr)
+
+    def tiles(self) -> list[AnalogTile]:
+        return [layer.tile for layer in self.layers]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Layers (tiles incl. random streams) and the dropout generator; plain values only."""
+        return {
+            "n_in": self.n_in,
+            "hidden": self.hidden,
+            "layers": [layer.state_dict() for layer in self.layers],
+            "dropout": self.dropout,
+            "dropout_generator": self._gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["layers"]) != self.num_layers:
+            raise ValueError(
+                f"AnalogLSTM state: {len(state['layers'])} layers, this model has {self.num_layers}"
+            )
+        for layer, layer_state in zip(self.layers, state["layers"], strict=True):
+            layer.load_state_dict(layer_state)
+        self._gen.set_state(state["dropout_generator"])
+        self.masks = []
+
+    def __repr__(self) -> str:
+        return (
+            f"AnalogLSTM({self.n_in}, {self.hidden}, layers={self.num_layers}, "
+            f"dropout={self.dropout})"
+        )
