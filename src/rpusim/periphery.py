@@ -8,6 +8,19 @@ way the array does it (``docs/model.md`` section 2):
 3. the array multiplies and adds output noise ``out_noise * N(0, 1)`` per output per read;
 4. the ADC clips to ``out_bound`` and quantizes;
 5. bound management: rows whose output saturated are read again with the input halved.
+
+Two implementations give the same bits for the same generator state:
+
+* :func:`analog_mvm_reference`: plain torch, a line-by-line transcription of the list above; any
+  device. Its float32 arithmetic is written so that a compiled twin can repeat it exactly (a
+  converter multiplies by ``1/step`` rather than dividing by ``step``).
+* :mod:`rpusim.kernels.numba_periphery`: the CPU twin. At batch 1 a read is a few hundred
+  multiply-adds, so the reference's ~20 tiny torch calls cost far more than the arithmetic; the
+  twin does each side of the array (input: steps 1-2; output: steps 3-5) in one compiled loop,
+  and keeps the array multiply and the random draws as the very same torch calls.
+
+:func:`analog_mvm` picks one (``backend``); with an ideal periphery (every setting off) both
+reduce to one matrix product.
 """
 
 from __future__ import annotations
@@ -15,6 +28,17 @@ from __future__ import annotations
 import torch
 
 from rpusim.config import IOConfig
+
+BACKENDS = ("auto", "numba", "torch")
+
+
+def converter_step(bits: int, bound: float) -> tuple[float, float]:
+    """``(step, 1 / step)`` of an n-bit converter: ``2**bits - 1`` levels over ``[-bound, bound]``.
+
+    ``step = 2 * bound / (2**bits - 2)``; both are applied as float32 constants.
+    """
+    levels = 2**bits - 2
+    return 2.0 * bound / levels, levels / (2.0 * bound)
 
 
 def quantize(
@@ -34,12 +58,24 @@ def quantize(
         v = v.clamp(-bound, bound)
     if bits is None:
         return v
-    step = 2.0 * bound / (2**bits - 2)
-    scaled = v / step
+    step, per_step = converter_step(bits, bound)
+    scaled = v * per_step  # v / step, as a product (a fixed float32 rounding the twins share)
     if stochastic:
         u = torch.rand(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         return torch.floor(scaled + u) * step
     return torch.round(scaled) * step
+
+
+def is_ideal(io: IOConfig) -> bool:
+    """True when the periphery does nothing: the read is exactly ``W x`` (one matmul)."""
+    return (
+        io.noise_management == "none"
+        and io.inp_bound is None
+        and io.inp_bits is None
+        and io.out_noise == 0
+        and io.out_bound is None
+        and io.out_bits is None
+    )
 
 
 def analog_mvm(
@@ -48,12 +84,42 @@ def analog_mvm(
     io: IOConfig,
     generator: torch.Generator | None,
     transposed: bool = False,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """One analog read of the array through the periphery.
 
     ``weights``: (out, in). ``x``: (batch, in) for the forward read, or (batch, out) with
     ``transposed=True`` for the backward read. Returns (batch, out) or (batch, in).
+
+    ``backend``: ``"torch"`` (:func:`analog_mvm_reference`, any device), ``"numba"`` (the compiled
+    CPU twin; contiguous float32 CPU tensors, no autograd) or ``"auto"`` (one matmul if the
+    periphery is ideal, else the twin where it applies and the reference elsewhere, e.g. CUDA).
+    All give the same result, bit for bit, and leave ``generator`` in the same state.
     """
+    if backend == "auto":
+        if is_ideal(io):
+            return x @ (weights if transposed else weights.t())
+        backend = "numba" if _twin_applies(weights, x) else "torch"
+    elif backend == "numba" and not _twin_applies(weights, x):
+        raise ValueError(
+            "backend 'numba' needs contiguous float32 CPU tensors without autograd; "
+            "use backend='torch' or 'auto'"
+        )
+    if backend == "numba":
+        return _numba_twin()(weights, x, io, generator, transposed)
+    if backend == "torch":
+        return analog_mvm_reference(weights, x, io, generator, transposed)
+    raise ValueError(f"backend {backend!r}: choose one of {BACKENDS}")
+
+
+def analog_mvm_reference(
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    io: IOConfig,
+    generator: torch.Generator | None,
+    transposed: bool = False,
+) -> torch.Tensor:
+    """:func:`analog_mvm` in plain torch (the reference the twins are tested against)."""
     if io.noise_management == "abs_max":
         alpha = x.abs().amax(dim=1, keepdim=True)
         # alpha == 0: the input is all zeros and the output is exactly zero (no read happens);
@@ -96,3 +162,29 @@ def _read(
     else:
         saturated = (z.abs() >= io.out_bound).any(dim=1)
     return quantize(z, io.out_bits, io.out_bound), saturated
+
+
+def _twin_applies(weights: torch.Tensor, x: torch.Tensor) -> bool:
+    """The compiled twin reads float32 CPU memory directly: it needs such tensors, x contiguous,
+    and no autograd graph through them."""
+    return (
+        x.is_cpu
+        and weights.is_cpu
+        and x.dtype == torch.float32
+        and weights.dtype == torch.float32
+        and x.is_contiguous()
+        and not (x.requires_grad or weights.requires_grad)
+    )
+
+
+_twin = None
+
+
+def _numba_twin():
+    """The compiled twin, imported on first use (numba compiles, or loads its cache, then)."""
+    global _twin
+    if _twin is None:
+        from rpusim.kernels.numba_periphery import analog_mvm_numba
+
+        _twin = analog_mvm_numba
+    return _twin
