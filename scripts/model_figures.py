@@ -25,8 +25,9 @@ def device_response(out: Path, n_devices: int = 6, pulses: int = 1500, up_down: 
     One coincidence per update: BL = 1 and p = q = 1 (x = d = 1, lr = dw_min, no update
     management scaling), so each ``tile.update`` call is exactly one pulse on every device.
     """
-    cfg = RPUConfig().override({"update.bl": 1, "update.update_management": False,
-                                "device.up_down": up_down})
+    cfg = RPUConfig().override(
+        {"update.bl": 1, "update.update_management": False, "device.up_down": up_down}
+    )
     dw_min = cfg.device.dw_min
     tile = AnalogTile(1, n_devices, cfg, seed=7)
     tile.set_weights(torch.zeros(1, n_devices))
@@ -59,11 +60,17 @@ def dac_transfer(out: Path, bits: int = 4, reads: int = 400):
     x = torch.linspace(-1.2, 1.2, 481)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
     for ax, sto in zip(axes, (False, True), strict=True):
-        cfg = RPUConfig().override({
-            "forward.inp_bits": bits, "forward.inp_sto_round": sto, "forward.out_bits": None,
-            "forward.out_noise": 0.0, "forward.noise_management": "none",
-            "forward.bound_management": "none", "device.w_max_dtod": 0.0,
-        })
+        cfg = RPUConfig().override(
+            {
+                "forward.inp_bits": bits,
+                "forward.inp_sto_round": sto,
+                "forward.out_bits": None,
+                "forward.out_noise": 0.0,
+                "forward.noise_management": "none",
+                "forward.bound_management": "none",
+                "device.w_max_dtod": 0.0,
+            }
+        )
         tile = AnalogTile(1, 1, cfg, seed=0)
         tile.set_weights(torch.full((1, 1), 0.5))
         one = tile.forward(x[:, None])[:, 0] / 0.5

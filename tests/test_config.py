@@ -12,10 +12,21 @@ def test_baseline_defaults_are_the_rpu_model():
     cfg = RPUConfig.preset("rpu_baseline")
     d = cfg.device
     assert (d.dw_min, d.dw_min_dtod, d.dw_min_std, d.up_down, d.up_down_dtod) == (
-        0.001, 0.3, 0.3, 0.0, 0.01)
+        0.001,
+        0.3,
+        0.3,
+        0.0,
+        0.01,
+    )
     assert (d.w_max, d.w_min, d.w_max_dtod, d.w_min_dtod) == (0.6, -0.6, 0.3, 0.3)
     f = cfg.forward
-    assert (f.inp_bits, f.out_bits, f.inp_bound, f.out_bound, f.out_noise) == (7, 9, 1.0, 12.0, 0.06)
+    assert (f.inp_bits, f.out_bits, f.inp_bound, f.out_bound, f.out_noise) == (
+        7,
+        9,
+        1.0,
+        12.0,
+        0.06,
+    )
     assert f.noise_management == "abs_max" and f.bound_management == "iterative"
     assert cfg.update.mode == "pulsed" and cfg.update.bl == 10 and cfg.update.update_management
     assert cfg == RPUConfig()
@@ -87,13 +98,25 @@ def test_unknown_preset():
 
 
 _values = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 70), st.floats(allow_nan=True),
-    st.text(max_size=8), st.lists(st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 70),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
 )
 _keys = st.sampled_from(
-    [f"{s}.{k}" for s, model in [("device", RPUConfig().device), ("forward", RPUConfig().forward),
-                                 ("backward", RPUConfig().backward), ("update", RPUConfig().update)]
-     for k in type(model).model_fields] + ["device.nope", "forward", "x.y.z", "update.bl.x"]
+    [
+        f"{s}.{k}"
+        for s, model in [
+            ("device", RPUConfig().device),
+            ("forward", RPUConfig().forward),
+            ("backward", RPUConfig().backward),
+            ("update", RPUConfig().update),
+        ]
+        for k in type(model).model_fields
+    ]
+    + ["device.nope", "forward", "x.y.z", "update.bl.x"]
 )
 
 

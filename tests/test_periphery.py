@@ -15,8 +15,12 @@ from rpusim.periphery import quantize
 Z = 4.0  # tolerance in standard errors
 
 # A device without spread, so that programmed weights are exact.
-EXACT_DEVICE = {"device.dw_min_dtod": 0.0, "device.up_down_dtod": 0.0,
-                "device.w_max_dtod": 0.0, "device.w_min_dtod": 0.0}
+EXACT_DEVICE = {
+    "device.dw_min_dtod": 0.0,
+    "device.up_down_dtod": 0.0,
+    "device.w_max_dtod": 0.0,
+    "device.w_min_dtod": 0.0,
+}
 
 
 def _tile(out_size, in_size, seed=0, **changes):
@@ -49,8 +53,16 @@ def test_dac_has_at_most_2n_minus_1_levels_reaching_the_array():
     # Read an identity array: the output is alpha * (quantized input), so the levels are visible.
     n = 32
     for bits in (3, 5, 7):
-        tile = _tile(n, n, **{"forward.inp_bits": bits, "forward.out_bits": None,
-                              "forward.out_noise": 0.0, "forward.bound_management": "none"})
+        tile = _tile(
+            n,
+            n,
+            **{
+                "forward.inp_bits": bits,
+                "forward.out_bits": None,
+                "forward.out_noise": 0.0,
+                "forward.bound_management": "none",
+            },
+        )
         tile.set_weights(0.5 * torch.eye(n))
         x = torch.linspace(-1, 1, 4000).reshape(-1, n)
         x[:, 0] = 1.0  # alpha = max|x| = 1 in every row
@@ -68,8 +80,16 @@ def test_stochastic_rounding_is_unbiased_and_nearest_rounding_is_not():
     w = torch.tensor([[0.0, 0.5]])
     exact = 0.5 * x0
     for sto in (True, False):
-        tile = _tile(1, 2, **{"forward.inp_bits": bits, "forward.inp_sto_round": sto,
-                              "forward.out_bits": None, "forward.out_noise": 0.06})
+        tile = _tile(
+            1,
+            2,
+            **{
+                "forward.inp_bits": bits,
+                "forward.inp_sto_round": sto,
+                "forward.out_bits": None,
+                "forward.out_noise": 0.06,
+            },
+        )
         tile.set_weights(w)
         y = tile.forward(x)[:, 0].double()
         se = y.std().item() / math.sqrt(n_reads)
@@ -94,8 +114,16 @@ def test_output_noise_has_the_configured_std():
 
 def test_adc_clips_at_out_bound_and_quantizes():
     bits, bound = 5, 2.0
-    tile = _tile(3, 8, **{"forward.out_bits": bits, "forward.out_bound": bound,
-                          "forward.out_noise": 0.0, "forward.bound_management": "none"})
+    tile = _tile(
+        3,
+        8,
+        **{
+            "forward.out_bits": bits,
+            "forward.out_bound": bound,
+            "forward.out_noise": 0.0,
+            "forward.bound_management": "none",
+        },
+    )
     tile.set_weights(torch.tensor([[0.5] * 8, [0.11] * 8, [-0.5] * 8]))
     y = tile.forward(torch.ones(1, 8))[0]  # products 4.0, 0.88, -4.0 with alpha = 1
     step = 2 * bound / (2**bits - 2)

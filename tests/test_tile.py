@@ -67,8 +67,9 @@ def test_device_to_device_spreads_match_the_config():
 
 @pytest.mark.parametrize("beta", [0.05, -0.05])
 def test_mean_asymmetry_shifts_up_and_down_steps(beta):
-    cfg = RPUConfig().override({"device.up_down": beta, "device.dw_min_dtod": 0.0,
-                                "device.up_down_dtod": 0.0})
+    cfg = RPUConfig().override(
+        {"device.up_down": beta, "device.dw_min_dtod": 0.0, "device.up_down_dtod": 0.0}
+    )
     state = AnalogTile(4, 4, cfg).device_state()
     up, down = state["dw_up"][0, 0].item(), state["dw_down"][0, 0].item()
     assert up / down == pytest.approx(1 / (1 - beta) if beta > 0 else 1 + beta, rel=1e-5)

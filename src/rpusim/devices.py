@@ -87,7 +87,9 @@ def constant_step(
         w_min = (cfg.w_min * (1.0 + cfg.w_min_dtod * xi_min)).clamp_max(0.0)
 
     f32 = torch.float32
-    return DeviceArrays(dw_up.to(f32), dw_down.to(f32), w_max.to(f32), w_min.to(f32), cfg.dw_min_std)
+    return DeviceArrays(
+        dw_up.to(f32), dw_down.to(f32), w_max.to(f32), w_min.to(f32), cfg.dw_min_std
+    )
 
 
 #: Device models by ``device.kind``. A new model is a function with the signature of

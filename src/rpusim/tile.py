@@ -120,8 +120,9 @@ class AnalogTile:
             return
         key = _stream_seed(self.seed, _STREAM_UPDATE, self._update_count)
         self._update_count += 1
-        pulses.pulsed_update(self._w, x2, d2, float(lr), self._dev, self.cfg.update,
-                             self.cfg.device.dw_min, key)
+        pulses.pulsed_update(
+            self._w, x2, d2, float(lr), self._dev, self.cfg.update, self.cfg.device.dw_min, key
+        )
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -164,5 +165,7 @@ class AnalogTile:
         return v
 
     def __repr__(self) -> str:
-        return (f"AnalogTile({self.out_size}, {self.in_size}, device={self.cfg.device.kind}, "
-                f"update={self.cfg.update.mode}, seed={self.seed})")
+        return (
+            f"AnalogTile({self.out_size}, {self.in_size}, device={self.cfg.device.kind}, "
+            f"update={self.cfg.update.mode}, seed={self.seed})"
+        )
