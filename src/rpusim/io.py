@@ -1,4 +1,4 @@
-"""Atomic file writes: a kill at any moment leaves the old version or the new one, never a torn one."""
+"""Atomic file writes: a kill at any moment leaves the old version or the new one, never torn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

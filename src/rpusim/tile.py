@@ -77,7 +77,8 @@ class AnalogTile:
         w = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
         if w.shape != (self.out_size, self.in_size):
             raise ValueError(
-                f"set_weights: expected shape ({self.out_size}, {self.in_size}), got {tuple(w.shape)}"
+                f"set_weights: expected shape ({self.out_size}, {self.in_size}), "
+                f"got {tuple(w.shape)}"
             )
         self._w.copy_(torch.maximum(torch.minimum(w, self._dev.w_max), self._dev.w_min))
 
