@@ -1,0 +1,1 @@
+"""Compiled twins of the hot loops; each is tested bit for bit against its torch reference."""

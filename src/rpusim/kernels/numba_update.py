@@ -1,0 +1,286 @@
+"""Numba twin of :func:`rpusim.pulses.pulsed_update_reference`: the same weights, bit for bit.
+
+The reference builds, per pair, dense ``(BL, in)`` and ``(BL, out)`` firing tables and an
+``(out, in)`` count matrix. This kernel computes the same numbers but spends its time only where
+the array would see coincidences:
+
+* pass 1, parallel over pairs: each line's ``BL`` slot bits are packed into one ``uint64`` word
+  (``BL <= 64``), for every column and every row; and for every slot, a bitset of the columns
+  that fired in it. The count of device ``ij`` is ``popcount(row_word_j & col_word_i)``.
+* pass 2, parallel over blocks of weight rows: a row's devices see the pairs in order
+  ``k = 0 .. K-1`` and rows never interact, so blocks need no synchronisation. A row whose word
+  is 0 (most rows, for the small errors of a trained network) is skipped at once; for the
+  others, the devices with ``n > 0`` are the union of the column bitsets of the slots in which
+  the row fired, walked bit by bit. No device without a coincidence is visited.
+
+Pairs are processed in chunks of at most ``CHUNK``, so the scratch memory is
+``CHUNK * (in + out + BL * in / 64)`` words whatever ``K`` (besides the caller's ``x``, ``d``
+and ``w``): never a ``(K, out, in)`` or ``(K, BL, in)`` array.
+
+Exactness: every random number comes from :func:`rpusim.rng.mix32`, the very function the
+reference evaluates on tensors, compiled here on int64 scalars with the same masks; ``sqrt(n)``
+comes from the same table (:func:`rpusim.pulses.sqrt_counts`). Float arithmetic is float32 in
+the reference's order (``(std * sqrt(n)) * z``, ``n + .``, ``dw * .``, ``w + s * .``, clip), with
+``fastmath`` off so that LLVM neither contracts to FMA nor reassociates.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from rpusim import rng
+from rpusim.config import UpdateConfig
+from rpusim.devices import DeviceArrays
+from rpusim.pulses import _check, pulse_scales, sqrt_counts
+
+#: Most pairs whose pulse words are held at once (bounds the scratch memory).
+CHUNK = 2048
+#: Most weight rows per parallel task in pass 2 (a block's weights stay in the core's cache).
+MAX_ROWS_PER_BLOCK = 64
+#: Below this many line draws (pairs x lines x slots) one thread does the call: waking the other
+#: threads costs more than it saves, and far more on a busy machine.
+SERIAL_DRAWS = 1 << 20
+
+# The reference's own hash, compiled. Numba's on-disk cache does not notice edits to another
+# file: after changing rng.py (the hash or its constants), delete kernels/__pycache__ (the
+# bit-for-bit twin tests fail until then).
+_mix32 = njit(cache=True, nogil=True)(rng.mix32)
+
+_U24 = np.float32(2.0**-24)
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+_GAUSS_SHIFT = 32 - rng.TABLE_BITS
+
+
+@njit(cache=True, nogil=True)
+def _popcount(v):
+    """Set bits of a uint64 (SWAR; LLVM lowers it to ``popcnt`` where the CPU has one)."""
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (v * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+@njit(cache=True, nogil=True)
+def _lowest_bit(v):
+    """``(index, v without it)`` of the lowest set bit of a nonzero uint64."""
+    low = v & (~v + np.uint64(1))
+    return np.int64(_popcount(low - np.uint64(1))), v ^ low
+
+
+@njit(cache=True, nogil=True)
+def _line_seeds(base, n_lines):
+    """``mix32(mix32(base ^ LINE_SALT) ^ l)`` for each line ``l``: int64 ``(n_lines,)``."""
+    out = np.empty(n_lines, np.int64)
+    salted = _mix32(base ^ rng.LINE_SALT)
+    for line in range(n_lines):
+        out[line] = _mix32(salted ^ line)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _fire_words(slot_seed, n_slots, line_seed, prob, words):
+    """Pack each line's pulse train into a word: bit ``t`` of ``words[l]`` is set when line
+    ``l`` fires in slot ``t``, i.e. when ``u(slot_seed[t], line_seed[l]) < prob[l]``.
+
+    Lines run along the inner loop, which vectorizes. ``prob >= 1`` fires in every slot and
+    ``prob = 0`` in none, exactly as in the reference (``0 <= u < 1``).
+    """
+    n_lines = words.shape[0]
+    for line in range(n_lines):
+        words[line] = np.uint64(0)
+    for t in range(n_slots):
+        slot = slot_seed[t]
+        bit = np.uint64(1) << np.uint64(t)
+        for line in range(n_lines):
+            u = np.float32(_mix32(slot ^ line_seed[line]) >> 8) * _U24
+            words[line] |= bit if u < prob[line] else np.uint64(0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _pulse_pass(
+    x, d, a, b, bl, k0, k1, col_base, row_base, col_seed, row_seed, col_word, col_mask, row_word
+):
+    """Pass 1, parallel over the pairs ``k0 <= k < k1`` of a chunk (``kk = k - k0``).
+
+    Writes each column's and each row's packed pulse train, ``col_word[kk, i]`` and
+    ``row_word[kk, j]``, and per slot the bitset of the columns that fired in it,
+    ``col_mask[kk, t, :]`` (column ``i`` is bit ``i % 64`` of word ``i // 64``).
+    """
+    n_in, n_out = x.shape[1], d.shape[1]
+    n_wd = col_mask.shape[2]
+    for kk in prange(k1 - k0):
+        k = k0 + kk
+        n_slots = bl[k]
+        for t in range(n_slots):
+            for wd in range(n_wd):
+                col_mask[kk, t, wd] = np.uint64(0)
+        ak, bk = a[k], b[k]
+        if ak == _ZERO or bk == _ZERO:  # a pair that makes no update fires no line
+            col_word[kk, :] = np.uint64(0)
+            row_word[kk, :] = np.uint64(0)
+            continue
+        slot_seed = np.empty(n_slots, np.int64)
+        p = np.empty(n_in, np.float32)
+        for i in range(n_in):
+            p[i] = min(_ONE, ak * abs(x[k, i]))
+        for t in range(n_slots):
+            slot_seed[t] = _mix32(col_base ^ (k * rng.MAX_BL + t))
+        _fire_words(slot_seed, n_slots, col_seed, p, col_word[kk])
+        q = np.empty(n_out, np.float32)
+        for j in range(n_out):
+            q[j] = min(_ONE, bk * abs(d[k, j]))
+        for t in range(n_slots):
+            slot_seed[t] = _mix32(row_base ^ (k * rng.MAX_BL + t))
+        _fire_words(slot_seed, n_slots, row_seed, q, row_word[kk])
+        for i in range(n_in):
+            word = col_word[kk, i]
+            bit = np.uint64(1) << np.uint64(i & 63)
+            while word != np.uint64(0):
+                t, word = _lowest_bit(word)
+                col_mask[kk, t, i >> 6] |= bit
+
+
+@njit(cache=True, nogil=True)
+def _apply_block(
+    j0, j1, k0, k1, w, x, d, row_word, col_word, col_mask,
+    dw_up, dw_down, w_min, w_max, std_sqrt, c2c_base, c2c_col_seed, table,
+):  # fmt: skip
+    """Apply the pairs ``k0 <= k < k1``, in order, to the weight rows ``j0 <= j < j1``."""
+    n_out = w.shape[0]
+    n_wd = col_mask.shape[2]
+    noisy = std_sqrt[1] != _ZERO
+    hit_mask = np.empty(n_wd, np.uint64)
+    for k in range(k0, k1):
+        kk = k - k0
+        for j in range(j0, j1):
+            rw = row_word[kk, j]
+            if rw == np.uint64(0):
+                continue
+            # The devices of row j with n > 0 are exactly the columns that fired in a slot
+            # where row j fired: the union of those slots' column sets.
+            for wd in range(n_wd):
+                hit_mask[wd] = np.uint64(0)
+            v = rw
+            while v != np.uint64(0):
+                t, v = _lowest_bit(v)
+                for wd in range(n_wd):
+                    hit_mask[wd] |= col_mask[kk, t, wd]
+            d_pos = d[k, j] > _ZERO
+            dev_seed = _mix32(c2c_base ^ (k * n_out + j))
+            for wd in range(n_wd):
+                v = hit_mask[wd]
+                while v != np.uint64(0):
+                    b_i, v = _lowest_bit(v)
+                    i = wd * 64 + b_i
+                    c = _popcount(rw & col_word[kk, i])
+                    n = np.float32(c)
+                    if noisy:
+                        z = table[_mix32(dev_seed ^ c2c_col_seed[i]) >> _GAUSS_SHIFT]
+                        e = n + std_sqrt[c] * z
+                    else:
+                        e = n  # n + (0 * sqrt(n)) * z is exactly n
+                    # s = -sign(d) sign(x) > 0: potentiation, with this device's own up step.
+                    up = d_pos != (x[k, i] > _ZERO)
+                    dw = dw_up[j, i] if up else dw_down[j, i]
+                    s = _ONE if up else -_ONE
+                    v_new = w[j, i] + s * (dw * e)
+                    v_new = max(v_new, w_min[j, i])
+                    w[j, i] = min(v_new, w_max[j, i])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _apply_pass(
+    w, x, d, k0, k1, row_word, col_word, col_mask,
+    dw_up, dw_down, w_min, w_max, c2c_std, sqrt_n, c2c_base, c2c_col_seed, table, block_rows,
+):  # fmt: skip
+    """Pass 2, parallel over blocks of weight rows; each block applies the chunk's pairs in
+    order. Rows never interact, so the blocks need no synchronisation."""
+    n_out = w.shape[0]
+    # std * sqrt(n) for every possible count n, in the reference's float32 arithmetic.
+    std_sqrt = np.empty(rng.MAX_BL + 1, np.float32)
+    for c in range(rng.MAX_BL + 1):
+        std_sqrt[c] = c2c_std * sqrt_n[c]
+    n_blocks = (n_out + block_rows - 1) // block_rows
+    for blk in prange(n_blocks):
+        j0 = blk * block_rows
+        j1 = min(n_out, j0 + block_rows)
+        _apply_block(
+            j0, j1, k0, k1, w, x, d, row_word, col_word, col_mask,
+            dw_up, dw_down, w_min, w_max, std_sqrt, c2c_base, c2c_col_seed, table,
+        )  # fmt: skip
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def pulsed_update_numba(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    d: torch.Tensor,
+    lr: float,
+    dev: DeviceArrays,
+    cfg: UpdateConfig,
+    dw_min: float,
+    key: int,
+) -> None:
+    """Same contract and same result as :func:`rpusim.pulses.pulsed_update_reference`.
+
+    ``w`` ``(out, in)``, ``x`` ``(K, in)``, ``d`` ``(K, out)``: float32 CPU tensors; ``w`` is
+    updated in place. Scratch memory: ``O(min(K, CHUNK) * (in + out))``.
+    """
+    _check(w, x, d, dev, key)
+    n_out, n_in = w.shape
+    n_pairs = x.shape[0]
+    a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)
+    a_np, b_np, bl_np = a.numpy(), b.numpy(), bl.numpy()
+    x_np, d_np = _as_numpy(x), _as_numpy(d)
+    w_np = w.detach().numpy() if w.is_contiguous() else w.detach().contiguous().numpy()
+    dw_up, dw_down = _as_numpy(dev.dw_up), _as_numpy(dev.dw_down)
+    w_min, w_max = _as_numpy(dev.w_min), _as_numpy(dev.w_max)
+
+    col_base = rng.stream_base(key, rng.STREAM_COL)
+    row_base = rng.stream_base(key, rng.STREAM_ROW)
+    c2c_base = rng.stream_base(key, rng.STREAM_C2C)
+    col_seed = _line_seeds(col_base, n_in)
+    row_seed = _line_seeds(row_base, n_out)
+    c2c_col_seed = _line_seeds(c2c_base, n_in)
+    table = rng.normal_table_numpy()
+    c2c_std = np.float32(dev.dw_min_std)
+    sqrt_n = sqrt_counts().numpy()
+
+    chunk = min(CHUNK, max(n_pairs, 1))
+    n_wd = (n_in + 63) // 64
+    max_bl = int(bl.max()) if n_pairs else 1
+    col_word = np.empty((chunk, n_in), np.uint64)
+    row_word = np.empty((chunk, n_out), np.uint64)
+    col_mask = np.empty((chunk, max_bl, n_wd), np.uint64)
+    threads = numba.get_num_threads()
+    if n_pairs * (n_in + n_out) * max_bl < SERIAL_DRAWS:
+        numba.set_num_threads(1)
+    try:
+        # About four blocks per thread, so that uneven rows still keep every thread busy.
+        per_block = -(-n_out // (4 * numba.get_num_threads()))
+        block_rows = max(8, min(MAX_ROWS_PER_BLOCK, per_block))
+        for k0 in range(0, n_pairs, chunk):
+            k1 = min(n_pairs, k0 + chunk)
+            _pulse_pass(
+                x_np, d_np, a_np, b_np, bl_np, k0, k1, col_base, row_base, col_seed, row_seed,
+                col_word, col_mask, row_word,
+            )  # fmt: skip
+            _apply_pass(
+                w_np, x_np, d_np, k0, k1, row_word, col_word, col_mask,
+                dw_up, dw_down, w_min, w_max, c2c_std, sqrt_n, c2c_base, c2c_col_seed, table,
+                block_rows,
+            )  # fmt: skip
+    finally:
+        numba.set_num_threads(threads)
+    if not w.is_contiguous():
+        w.copy_(torch.from_numpy(w_np))
+
+
+__all__ = ["pulsed_update_numba"]
