@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from rpusim import AnalogTile, RPUConfig  # noqa: E402
 
 
-def device_response(out: Path, n_devices: int = 6, pulses: int = 1500, up_down: float = 0.0):
+def device_response(out: Path, n_devices: int = 6, pulses: int = 800, up_down: float = 0.0):
     """Weight against pulse number: ``pulses`` up then ``pulses`` down, one coincidence each.
 
     One coincidence per update: BL = 1 and p = q = 1 (x = d = 1, lr = dw_min, no update
@@ -46,6 +46,12 @@ def device_response(out: Path, n_devices: int = 6, pulses: int = 1500, up_down: 
         ax.axhline(state["w_max"][0, i].item(), color=line.get_color(), ls=":", lw=0.8)
         ax.axhline(state["w_min"][0, i].item(), color=line.get_color(), ls=":", lw=0.8)
     ax.axvline(pulses, color="k", lw=0.5)
+    # Zoom on the first pulses of one device: the staircase and its cycle-to-cycle noise.
+    inset = ax.inset_axes((0.08, 0.08, 0.36, 0.3))
+    inset.plot(range(31), w[:31, 0], ".-", lw=0.8, ms=3)
+    inset.plot(range(31), [state["dw_up"][0, 0].item() * k for k in range(31)], "k:", lw=0.8)
+    inset.set_title("first 30 pulses of one device (dotted: no c2c noise)", fontsize=7)
+    inset.tick_params(labelsize=6)
     ax.set_xlabel("pulse number (one coincidence each; up, then down)")
     ax.set_ylabel("weight (weight units)")
     title = f"constant-step device, RPU baseline, up_down = {up_down:g}"
@@ -93,8 +99,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    device_response(args.out / "device_response.png")
-    device_response(args.out / "device_response_asym.png", up_down=0.2)
+    device_response(args.out / "device_response.png", pulses=800)
+    device_response(args.out / "device_response_asym.png", pulses=300, up_down=0.2)
     dac_transfer(args.out / "dac_transfer.png")
     print(f"wrote figures to {args.out}")
 
