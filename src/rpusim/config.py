@@ -359,7 +359,9 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Plain SGD with truncated BPTT; the loss is the mean cross-entropy per character."""
 
-    lr: float = Field(1.0, gt=0, description="SGD learning rate (loss averaged over a sequence)")
+    lr: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="SGD learning rate (mean loss per sequence)"
+    )
     batch_size: int = Field(1, ge=1, description="parallel sequences per update")
     seq_len: int = Field(100, ge=1, description="BPTT length (time steps per update)")
     epochs: int = Field(1, ge=1, description="passes over the training split")
@@ -368,6 +370,9 @@ class TrainConfig(_Section):
     )
     eval_every_chars: int = Field(
         100_000, ge=1, description="evaluate and checkpoint every this many training characters"
+    )
+    eval_batch_size: int = Field(
+        16, ge=1, description="parallel streams when evaluating (batched reads are much faster)"
     )
 
 
@@ -400,13 +405,13 @@ class RunConfig(_Section):
         raw = dict(data)
         if "rpu" in raw:
             tree["rpu"] = _resolve_rpu(raw.pop("rpu"))
-        tree = apply_overrides(tree, dict(_flatten(raw, tree)))
+        tree = apply_overrides(tree, _numbers(dict(_flatten(raw, tree)), tree))
         for text in overrides:
             key, value = parse_assignment(text)
             if key == "rpu" or key == "rpu.preset":
                 tree["rpu"] = _resolve_rpu(value if key == "rpu" else {"preset": value})
             else:
-                tree = apply_overrides(tree, {key: value})
+                tree = apply_overrides(tree, _numbers({key: value}, tree))
         return validate(cls, tree)
 
     @classmethod
@@ -446,7 +451,7 @@ def _resolve_rpu(value: Any) -> dict[str, Any]:
     if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"rpu.preset: {name!r} is unknown{_suggest(str(name), list(PRESETS))}")
     base = RPUConfig.preset(name).to_dict()
-    return apply_overrides(base, dict(_flatten(value, base, "")), prefix="rpu.")
+    return apply_overrides(base, _numbers(dict(_flatten(value, base, "")), base), prefix="rpu.")
 
 
 def _flatten(raw: dict[str, Any], defaults: dict[str, Any], prefix: str = ""):
@@ -458,3 +463,35 @@ def _flatten(raw: dict[str, Any], defaults: dict[str, Any], prefix: str = ""):
             yield from _flatten(value, defaults[key], dotted + ".")
         else:
             yield dotted, value
+
+
+def _exponent_number(text: str) -> float | None:
+    """``float(text)`` for exponent notation such as ``1e-3`` or ``5E5``; otherwise None."""
+    t = text.strip().lower()
+    if "e" not in t or not t or set(t) - set("0123456789.+-e"):
+        return None
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+def _numbers(changes: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    """Read ``1e-3`` as a number where a number (or null) belongs.
+
+    YAML 1.1 (PyYAML) reads exponent notation without a dot (``1e-3``, ``5e5``) as a string;
+    where the current value is a number or null, such a string is the number it spells.
+    """
+    out = {}
+    for key, value in changes.items():
+        number = _exponent_number(value) if isinstance(value, str) else None
+        if number is not None:
+            node: Any = tree
+            for part in str(key).split("."):
+                node = node.get(part, "") if isinstance(node, dict) else ""
+            if node is None or (isinstance(node, int | float) and not isinstance(node, bool)):
+                # An int where an int or null belongs (strict float fields accept ints too).
+                whole = number.is_integer() and not isinstance(node, float)
+                value = int(number) if whole else number
+        out[key] = value
+    return out

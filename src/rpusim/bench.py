@@ -1,0 +1,171 @@
+"""Training throughput against torch's own ``nn.LSTM``, measured in one run on one machine.
+
+``rpusim bench [--quick] [--json FILE]`` times, for 2-layer LSTMs of 64, 128 and 256 units at
+batch 1 and 32 (sequences of 100, a vocabulary of 87 one-hot bytes like War and Peace):
+
+- ``torch``: ``nn.LSTM`` + ``nn.Linear`` trained with SGD (the floor);
+- ``rpusim-fp``: rpusim's floating-point twin (the ``ideal`` tile preset);
+- ``rpusim-rpu``: the RPU baseline (full periphery both ways, pulsed update, BL 10);
+
+and reports characters per second (forward + backward + update of one sequence batch, median of
+repeats after a warm-up) and the ratio to torch of the same shape. Ratios, not seconds, are the
+result: the machines are shared and noisy, and both sides see the same noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+VOCAB = 87
+SEQ_LEN = 100
+
+
+def _median_rate(
+    step: Callable[[], None], chars_per_step: int, min_seconds: float, repeats: int
+) -> float:
+    """Characters per second of ``step``: warm-up, then the median of ``repeats`` timings."""
+    step()  # warm-up (numba compilation, allocator)
+    rates = []
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while True:
+            step()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds / repeats:
+                break
+        rates.append(n * chars_per_step / elapsed)
+    return statistics.median(rates)
+
+
+def _data(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    seq = torch.randint(0, VOCAB, (SEQ_LEN + 1, batch), generator=gen)
+    return seq[:-1], seq[1:]
+
+
+def torch_step(hidden: int, layers: int, batch: int, lr: float = 1.0) -> Callable[[], None]:
+    """One SGD step of ``nn.LSTM`` + ``nn.Linear`` on a one-hot sequence batch."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(VOCAB, hidden, layers)
+    head = torch.nn.Linear(hidden, VOCAB)
+    params = list(lstm.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=lr)
+    inputs, targets = _data(batch)
+    x = torch.nn.functional.one_hot(inputs, VOCAB).float()
+    state = None
+
+    def step() -> None:
+        nonlocal state
+        out, (h, c) = lstm(x, state)
+        loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, VOCAB), targets.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state = (h.detach(), c.detach())
+
+    return step
+
+
+def rpusim_step(
+    hidden: int, layers: int, batch: int, preset: str, lr: float = 1.0
+) -> Callable[[], None]:
+    """One training step of rpusim's CharLSTM with every tile on ``preset``."""
+    from rpusim.config import RPUConfig
+    from rpusim.model import CharLSTM
+
+    model = CharLSTM(VOCAB, hidden, layers, RPUConfig.preset(preset), seed=0)
+    inputs, targets = _data(batch)
+    state = model.init_state(batch)
+
+    def step() -> None:
+        nonlocal state
+        _, state = model.train_step(inputs, targets, state, lr)
+
+    return step
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import numba
+
+    from rpusim import __version__
+
+    return {
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numba": numba.__version__,
+        "rpusim": __version__,
+    }
+
+
+def run(
+    quick: bool = False, seconds: float = 3.0, repeats: int = 5, log: Callable[[str], None] = print
+) -> dict:
+    """Measure every row; returns ``{"machine": {...}, "rows": [...]}``."""
+    hiddens = (128,) if quick else (64, 128, 256)
+    rows = []
+    for hidden in hiddens:
+        for batch in (1, 32):
+            chars = SEQ_LEN * batch
+            steps = {
+                "torch": torch_step(hidden, 2, batch),
+                "rpusim-fp": rpusim_step(hidden, 2, batch, "ideal"),
+                "rpusim-rpu": rpusim_step(hidden, 2, batch, "rpu_baseline"),
+            }
+            base = None
+            for impl, step in steps.items():
+                rate = _median_rate(step, chars, seconds, repeats)
+                base = rate if impl == "torch" else base
+                row = {
+                    "impl": impl,
+                    "layers": 2,
+                    "hidden": hidden,
+                    "batch": batch,
+                    "chars_per_s": round(rate, 1),
+                    "ratio_to_torch": round(rate / base, 4),
+                }
+                rows.append(row)
+                log(
+                    f"{impl:>11}  2x{hidden:<4} batch {batch:>2}  {rate:>10,.0f} chars/s  "
+                    f"{rate / base:6.3f}x torch"
+                )
+    return {"machine": machine(), "rows": rows}
+
+
+def markdown_table(result: dict) -> str:
+    """The rows as a Markdown table (for docs/performance.md)."""
+    lines = [
+        "| impl | layers × hidden | batch | chars/s | ratio to torch |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['impl']} | {r['layers']}×{r['hidden']} | {r['batch']} | "
+            f"{r['chars_per_s']:,.0f} | {r['ratio_to_torch']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(quick: bool = False, json_path: str | Path | None = None) -> dict:
+    result = run(quick=quick, seconds=2.0 if quick else 4.0)
+    print()
+    print(markdown_table(result))
+    if json_path is not None:
+        from rpusim.io import atomic_write_text
+
+        atomic_write_text(Path(json_path), json.dumps(result, indent=2) + "\n")
+    return result
