@@ -8,6 +8,7 @@
 * Dropout placement, evaluation without dropout, determinism, checkpoints, sampling.
 """
 
+import functools
 import io
 import math
 
@@ -398,3 +399,146 @@ def test_compiled_cell_nonlinearities_are_accurate():
         ref = torch.tensor(x, dtype=torch.float64)
         assert _tanh(x) == pytest.approx(float(torch.tanh(ref)), rel=1e-14, abs=1e-300)
         assert _sigmoid(x) == pytest.approx(float(torch.sigmoid(ref)), rel=1e-14, abs=1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths give the reference's numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def _periphery_configs():
+    """Periphery settings that take every branch of the fused loop: draws ahead of the output
+    noise (and their take-back on a bound-management re-read), stochastic rounding, re-reads in
+    both directions, an input side that does nothing, and the ideal periphery."""
+    base = BASELINE
+    return {
+        "baseline": base,
+        "bm_both_ways": base.override(
+            {
+                "forward.out_bound": 0.3,
+                "backward.bound_management": "iterative",
+                "backward.out_bound": 0.5,
+                "backward.out_noise": 0.02,
+            }
+        ),
+        "sto_round": base.override(
+            {
+                "forward.inp_sto_round": True,
+                "backward.inp_sto_round": True,
+                "forward.out_bound": 0.5,
+                "backward.bound_management": "iterative",
+            }
+        ),
+        "no_input_side": base.override(
+            {
+                "forward.noise_management": "none",
+                "forward.inp_bits": None,
+                "forward.inp_bound": None,
+                "backward.out_noise": 0.0,
+            }
+        ),
+        "ideal": IDEAL,
+    }
+
+
+def _train_run(cfg, fused, B, dropout, steps=3):
+    model = CharLSTM(13, 16, 2, cfg, seed=3, dropout=dropout)
+    model.torch_lstm = False  # the explicit path, also for the ideal preset
+    for layer in model.lstm.layers:
+        layer.fused = fused
+    gen = torch.Generator().manual_seed(1)
+    state, losses = model.init_state(B), []
+    for _ in range(steps):
+        ids = torch.randint(0, 13, (18, B), generator=gen)
+        loss, state = model.train_step(ids[:-1], ids[1:], state, lr=2.0)
+        losses.append(loss)
+    return losses, state, model.state_dict()
+
+
+def _assert_identical(a, b):
+    """Equal bit for bit: tensors, numbers and nested containers (tile states hold the
+    weights and the generators' states)."""
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_identical(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for u, v in zip(a, b, strict=True):
+            _assert_identical(u, v)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("name", list(_periphery_configs()))
+def test_fused_time_loop_is_bit_identical_to_the_reads_of_the_torch_reference(name, monkeypatch):
+    """The fused loop (one compiled call per step, draws ahead) against the layer's loop of
+    tile reads through the plain-torch periphery: the same losses, states, weights and random
+    streams, at batch 1 and 3, with dropout."""
+    from rpusim import tile as tile_module
+    from rpusim.kernels import numba_lstm
+    from rpusim.periphery import analog_mvm
+
+    cfg = _periphery_configs()[name]
+    rereads = []
+    monkeypatch.setattr(
+        numba_lstm,
+        "reread_saturated",
+        lambda *a, _f=numba_lstm.reread_saturated: rereads.append(1) or _f(*a),
+    )
+    for B, dropout in ((1, 0.0), (3, 0.25)):
+        fused = _train_run(cfg, True, B, dropout)
+        with monkeypatch.context() as m:
+            m.setattr(tile_module, "analog_mvm", functools.partial(analog_mvm, backend="torch"))
+            reference = _train_run(cfg, False, B, dropout)
+        _assert_identical(fused, reference)
+    if name in ("bm_both_ways", "sto_round"):
+        assert len(rereads) > 20, "bound management was not exercised"
+
+
+def test_output_noise_drawn_ahead_is_the_same_numbers():
+    from rpusim.kernels.numba_lstm import _normal_draws_split
+
+    assert _normal_draws_split(64) and _normal_draws_split(512)
+    assert not _normal_draws_split(30) and not _normal_draws_split(8)
+
+
+@pytest.mark.parametrize("layers, dropout", [(2, 0.0), (1, 0.3), (3, 0.3)])
+def test_float_model_steps_through_torch_lstm_as_the_explicit_path(layers, dropout):
+    """train_step of an ideal model goes through torch's fused LSTM and autograd; over several
+    steps it gives the explicit path's losses, states and weights to float32 rounding (the
+    sums are taken in another order), and draws the same dropout masks."""
+    runs = []
+    for fast in (True, False):
+        model = CharLSTM(11, 12, layers, IDEAL, seed=5, dropout=dropout)
+        model.torch_lstm = fast
+        gen = torch.Generator().manual_seed(2)
+        state, losses = _random_state(layers, 3, 12), []
+        for _ in range(6):
+            ids = torch.randint(0, 11, (15, 3), generator=gen)
+            loss, state = model.train_step(ids[:-1], ids[1:], state, lr=1.0)
+            losses.append(loss)
+        runs.append((model, losses, state))
+    (fast, l_fast, s_fast), (ref, l_ref, s_ref) = runs
+    assert l_fast == pytest.approx(l_ref, rel=1e-5)
+    assert l_ref[-1] < l_ref[0]
+    for a, b in zip([*s_fast, *_tile_weights(fast)], [*s_ref, *_tile_weights(ref)], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    gen_fast, gen_ref = (m.lstm.state_dict()["dropout_generator"] for m in (fast, ref))
+    assert torch.equal(gen_fast, gen_ref)
+    assert all(ly.n_recorded() == 0 for ly in [*fast.lstm.layers, fast.decoder])
+
+
+def test_numba_threads_capped_at_torch_threads():
+    import numba
+
+    from rpusim.model import numba_threads_capped
+
+    before = numba.get_num_threads()
+    with numba_threads_capped(1):
+        assert numba.get_num_threads() == 1
+    with numba_threads_capped(10_000):
+        assert numba.get_num_threads() == before
+    assert numba.get_num_threads() == before

@@ -22,8 +22,11 @@ Speed: at batch 1 (the paper's setting) a step is a chain of tiny operations, so
 number of calls per step, not arithmetic. Each step makes one tile read and ONE call for the whole
 digital cell: a numba-compiled element loop (:func:`_cell_forward`, :func:`_cell_backward`) on
 CPU, or a handful of vectorised torch ops (the reference, any device; ``layer.cell_backend``).
-Buffers for all ``T`` steps are allocated once per sequence. Tiny ops run fastest on one thread:
-``torch.set_num_threads(1)`` for batch-1 training.
+On CPU the time loop itself is fused (``layer.fused``, :mod:`rpusim.kernels.numba_lstm`): per
+step the read's matmul, its output noise draw and one compiled call that finishes the read, runs
+the cell and starts the next read; the same numbers, bit for bit, as the loop of ``tile.forward``
+/ ``tile.backward`` calls written out below. Buffers for all ``T`` steps are allocated once per
+sequence. Tiny ops run fastest on one thread: ``torch.set_num_threads(1)`` for batch-1 training.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit
 
 from rpusim.config import RPUConfig
+from rpusim.kernels import numba_lstm
 from rpusim.tile import AnalogTile
 
 # Independent random streams derived from a layer's seed.
@@ -91,6 +94,9 @@ class _Recorder:
     def clear(self) -> None:
         self.z.clear()
         self.delta.clear()
+
+    def __len__(self) -> int:
+        return sum(z.shape[0] for z in self.z)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +177,10 @@ class AnalogLinear:
         """
         return self._pairs.stacked()
 
+    def n_recorded(self) -> int:
+        """How many pairs wait for the update."""
+        return len(self._pairs)
+
     def apply_update(self, lr: float) -> None:
         """Send the recorded pairs to the tile (``W <- W - lr * sum_k delta_k z_k^T``, pulsed)."""
         self._pairs.flush(self.tile, lr)
@@ -203,68 +213,24 @@ class AnalogLinear:
 # ---------------------------------------------------------------------------------------------
 
 
-# The digital cell, element by element, compiled by numba: the twins of the torch ops in
-# AnalogLSTMLayer (float64 arithmetic, float32 storage; equal to them to float32 rounding).
-_jit = njit(cache=True, nogil=True, error_model="numpy")
-
-
-@_jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-@_jit
-def _tanh(x):
-    # expm1 keeps small |x| accurate; libm's tanh is ~4x slower and this loop is the hot one.
-    if x > 20.0:
-        return 1.0
-    e = math.expm1(2.0 * x)
-    return e / (e + 2.0)
-
-
-@_jit
-def _cell_forward(a, t, n, G, C, TC, Z):
-    """One LSTM step after the read ``a`` (B, 4h): writes G[t] (i, f, g, o), C[t + 1] = c_t,
-    TC[t] = tanh(c_t), and h_t into Z[t + 1, :, n:n + h]."""
-    B, h = a.shape[0], C.shape[2]
-    for b in range(B):
-        for j in range(h):
-            i = _sigmoid(a[b, j])
-            f = _sigmoid(a[b, h + j])
-            g = _tanh(a[b, 2 * h + j])
-            o = _sigmoid(a[b, 3 * h + j])
-            G[t, b, j], G[t, b, h + j], G[t, b, 2 * h + j], G[t, b, 3 * h + j] = i, f, g, o
-            c = f * C[t, b, j] + i * g
-            tc = _tanh(c)
-            C[t + 1, b, j] = c
-            TC[t, b, j] = tc
-            Z[t + 1, b, n + j] = o * tc
-
-
-@_jit
-def _cell_backward(t, gh, dz, n, G, C, TC, dc, dA):
-    """One BPTT step. ``gh`` (T, B, h): dloss/dh_t from above; ``dz`` (B, n + h + 1): the
-    backward read of step t + 1, whose ``[n:n + h]`` is dloss/dh_t through the recurrence; ``dc``
-    (B, h): dloss/dc_t in, dloss/dc_{t-1} out. Writes da_t into dA[t]."""
-    B, h = dc.shape
-    for b in range(B):
-        for j in range(h):
-            dh = gh[t, b, j] + dz[b, n + j]
-            i, f = G[t, b, j], G[t, b, h + j]
-            g, o = G[t, b, 2 * h + j], G[t, b, 3 * h + j]
-            tc = TC[t, b, j]
-            dcj = dc[b, j] + dh * o * (1.0 - tc * tc)
-            dA[t, b, j] = dcj * g * i * (1.0 - i)
-            dA[t, b, h + j] = dcj * C[t, b, j] * f * (1.0 - f)
-            dA[t, b, 2 * h + j] = dcj * i * (1.0 - g * g)
-            dA[t, b, 3 * h + j] = dh * tc * o * (1.0 - o)
-            dc[b, j] = dcj * f
+# The digital cell, element by element, compiled by numba (float64 arithmetic, float32 storage;
+# equal to the torch ops of AnalogLSTMLayer to float32 rounding): see rpusim.kernels.numba_lstm.
+_sigmoid, _tanh = numba_lstm.sigmoid, numba_lstm.tanh
+_cell_forward, _cell_backward = numba_lstm.cell_forward, numba_lstm.cell_backward
 
 
 #: How the digital LSTM cell is computed between the reads: ``"torch"`` (a few vectorised torch
 #: ops per step: the reference, any device), ``"numba"`` (one compiled call per step, CPU only;
 #: equal to the reference to float32 rounding) or ``"auto"`` (numba on CPU, torch elsewhere).
 CELL_BACKENDS = ("auto", "numba", "torch")
+
+
+def _read_parts(tile: AnalogTile, direction: str):
+    """What a read of ``tile`` uses: its weights (out, in), the periphery of ``direction``
+    (``"forward"`` or ``"backward"``) and that direction's random generator."""
+    if direction == "forward":
+        return tile._w, tile.cfg.forward, tile._gen_forward
+    return tile._w, tile.cfg.backward, tile._gen_backward
 
 
 class AnalogLSTMLayer:
@@ -307,6 +273,10 @@ class AnalogLSTMLayer:
         self.tile.set_weights(_init_uniform(4 * hidden, n_in + hidden + 1, bound, seed))
         #: ``"auto"``, ``"numba"`` or ``"torch"``: see :data:`CELL_BACKENDS`.
         self.cell_backend = "auto"
+        #: With the numba cell: run each time loop as one compiled call per step (the read's
+        #: periphery, the cell and the next read's input side; ``rpusim.kernels.numba_lstm``)
+        #: rather than ``tile.forward`` / ``tile.backward`` then the cell. The same bits.
+        self.fused = True
         self._cache: tuple[torch.Tensor, ...] | None = None
         self._pairs = _Recorder()
 
@@ -345,8 +315,12 @@ class AnalogLSTMLayer:
         C[0] = c0
         TC = torch.empty(T, B, h, **opts)  # tanh(c_t)
         H = Z[1:, :, n : n + h]  # h_t, a view
-        Zs, tile = Z.unbind(0), self.tile
-        if self._use_numba():
+        tile = self.tile
+        if self._use_numba() and self.fused:
+            # The same loop as below, one compiled call per step (rpusim.kernels.numba_lstm).
+            numba_lstm.forward_sequence(*_read_parts(tile, "forward"), Z, G, C, TC)
+        elif self._use_numba():
+            Zs = Z.unbind(0)
             cell = _cell_forward
             Zn, Gn, Cn, TCn = Z.numpy(), G.numpy(), C.numpy(), TC.numpy()
             for t in range(T):
@@ -354,6 +328,7 @@ class AnalogLSTMLayer:
                 cell(a.numpy(), t, n, Gn, Cn, TCn, Zn)
         else:
             # Per-step views made in one call each (indexing in the loop costs ~1 us a view).
+            Zs = Z.unbind(0)
             Gs, Cs, TCs, Hs = G.unbind(0), C.unbind(0), TC.unbind(0), H.unbind(0)
             gis, gfs = G[..., :h].unbind(0), G[..., h : 2 * h].unbind(0)
             ggs, gos = G[..., 2 * h : 3 * h].unbind(0), G[..., 3 * h :].unbind(0)
@@ -407,7 +382,18 @@ class AnalogLSTMLayer:
         if grad_cT is not None:
             dc.copy_(grad_cT)
         dA = torch.empty_like(G)  # da_t, the update's delta side
-        dAs, tile = dA.unbind(0), self.tile
+        tile = self.tile
+        if self._use_numba() and self.fused:
+            # The same loop as below, one compiled call per step (rpusim.kernels.numba_lstm);
+            # DZ[t] = W^T da_t, DZ[T] = the read of the virtual step T + 1.
+            DZ = torch.empty(T + 1, B, n + h + 1, **opts)
+            DZ[T] = dz
+            numba_lstm.backward_sequence(
+                *_read_parts(tile, "backward"), grad_hs, G, C, TC, dc, dA, DZ
+            )
+            self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
+            return DZ[:T, :, :n]
+        dAs = dA.unbind(0)
         dZ: list[torch.Tensor] = [dz] * T
         if self._use_numba():
             cell = _cell_backward
@@ -450,6 +436,10 @@ class AnalogLSTMLayer:
         per backward pass, in the order time steps, then batch rows. ``da.T @ z`` = dloss/dW.
         """
         return self._pairs.stacked()
+
+    def n_recorded(self) -> int:
+        """How many pairs wait for the update."""
+        return len(self._pairs)
 
     def apply_update(self, lr: float) -> None:
         """Send the recorded pairs to the tile: ``W <- W - lr * sum_k da_k z_k^T``, pulsed, one
@@ -542,22 +532,30 @@ class AnalogLSTM:
         :meth:`backward_sequence`.
         """
         h0, c0 = state
-        drop = train and self.dropout > 0.0
-        masks: list[torch.Tensor | None] = []
+        masks = self.draw_masks(x.shape[0], x.shape[1], train)
         hT, cT = [], []
         inp = x
         for k, layer in enumerate(self.layers):
             hs, (h_k, c_k) = layer.forward_sequence(inp, (h0[k], c0[k]))
             hT.append(h_k)
             cT.append(c_k)
-            mask = None
-            if drop and (k < self.num_layers - 1 or self.dropout_top):
-                mask = self._mask(hs.shape)
-                hs = hs * mask
-            masks.append(mask)
+            if masks[k] is not None:
+                hs = hs * masks[k]
             inp = hs
         self.masks = masks
         return inp, (torch.stack(hT), torch.stack(cT))
+
+    def draw_masks(self, T: int, B: int, train: bool = True) -> list[torch.Tensor | None]:
+        """The dropout masks of one pass over ``T`` steps of ``B`` sequences: one per layer
+        output, (T, B, h), or ``None`` where that output is not dropped (and for all when
+        ``train`` is False or there is no dropout). Draws from the dropout generator."""
+        drop = train and self.dropout > 0.0
+        return [
+            self._mask(torch.Size((T, B, self.hidden)))
+            if drop and (k < self.num_layers - 1 or self.dropout_top)
+            else None
+            for k in range(self.num_layers)
+        ]
 
     def backward_sequence(
         self,

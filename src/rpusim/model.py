@@ -13,6 +13,11 @@ our mean is that average, so the same ``lr`` means the same step. At batch ``B``
 ``T B`` pulsed updates carries ``1/B`` of the batch-1 per-pair step (the total step is the mean
 gradient of the batch).
 
+The floating-point twin (every tile ``ideal`` with the float update) trains through torch's own
+fused LSTM and autograd (``model.torch_lstm``, on by default): the same steps as the explicit
+path to float32 rounding, as fast as ``torch.nn.LSTM``. :meth:`CharLSTM.forward_backward` and
+every other configuration take the explicit path, one tile read per step.
+
 Use::
 
     model = CharLSTM(vocab_size=87, hidden=64, layers=2,
@@ -25,15 +30,41 @@ Use::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from rpusim.config import RPUConfig
 from rpusim.layers import AnalogLinear, AnalogLSTM, child_seed
+from rpusim.periphery import is_ideal
 from rpusim.tile import AnalogTile
 
 State = tuple[torch.Tensor, torch.Tensor]
+
+
+@contextlib.contextmanager
+def numba_threads_capped(n: int) -> Iterator[None]:
+    """Run the block with numba's thread count at most ``n`` (then restore it).
+
+    numba's default is one thread per core, whatever torch was told. The pulsed update's kernel
+    goes parallel for large batches of pairs (it stays on one thread below ~10^6 line draws), and
+    its idle worker threads spin for a while after each call: on a machine whose cores are
+    shared, or busy with torch's own threads, extra workers steal the core the main thread needs
+    (2 shared, busy cores: the batch-32 update of a 2x128 model took 1.3x to 2.4x longer with 2
+    numba threads than with 1). Capping numba at torch's thread count makes
+    ``torch.set_num_threads`` (the ``--threads`` of the command line) the one knob for the step.
+    """
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(before, n)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
 
 _STREAM_LSTM, _STREAM_DECODER = range(2)
 
@@ -92,6 +123,9 @@ class CharLSTM:
             seed=child_seed(seed, _STREAM_DECODER),
             device=self.device,
         )
+        #: :meth:`train_step` of a float model (the ``ideal`` preset) through torch's fused LSTM
+        #: and autograd (``False``: always the explicit path, which :meth:`forward_backward` is).
+        self.torch_lstm = True
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -130,11 +164,85 @@ class CharLSTM:
         Returns the mean cross-entropy per character of this batch (nats, before the update) and
         the new state. The gradient is that of this mean (see the module docstring for the
         learning-rate scale); the ``T B`` pairs of each tile are applied in the order time
-        steps, then batch rows. Same as :meth:`forward_backward` then :meth:`apply_update`.
+        steps, then batch rows. Same as :meth:`forward_backward` then :meth:`apply_update` (for
+        a float model through torch's LSTM, :meth:`_train_step_torch`: the same to rounding).
         """
+        if self.torch_lstm and self._is_float() and not self._pending():
+            return self._train_step_torch(inputs, targets, state, lr)
         loss, new_state = self.forward_backward(inputs, targets, state)
         self.apply_update(lr)
         return loss, new_state
+
+    def _is_float(self) -> bool:
+        """True when every tile is exactly floating point: an ideal periphery both ways (a read
+        is ``W x``, ``W^T d``) and the float update (``W <- W - lr * grad``, clipped)."""
+        return all(
+            is_ideal(t.cfg.forward) and is_ideal(t.cfg.backward) and t.cfg.update.mode == "float"
+            for t in self.tiles()
+        )
+
+    def _pending(self) -> bool:
+        """True when pairs of an earlier :meth:`forward_backward` wait for the update."""
+        return any(ly.n_recorded() for ly in [*self.lstm.layers, self.decoder])
+
+    def _train_step_torch(
+        self, inputs: torch.Tensor, targets: torch.Tensor, state: State, lr: float
+    ) -> tuple[float, State]:
+        """:meth:`train_step` of a float model (:meth:`_is_float`) through torch's own LSTM.
+
+        The explicit path computes, by hand, what ``torch.nn.LSTM`` + ``Linear`` compute; with
+        float tiles the same numbers come (to float32 rounding) from torch's fused LSTM kernel
+        and autograd, many times faster at batch 1. The tiles' weights are the parameters
+        (``W[:, :n]`` = ``weight_ih``, ``W[:, n:n + h]`` = ``weight_hh``, the last column the
+        bias; ``bias_hh`` = 0); the dropout masks are drawn as :meth:`AnalogLSTM.forward_sequence`
+        draws them; each tile then takes the float update's step, ``W - lr * dL/dW`` clipped to
+        its devices' bounds (what ``tile.update`` does with the summed pairs).
+        """
+        T, B = inputs.shape
+        L, H, V = self.num_layers, self.hidden, self.vocab_size
+        x = self._one_hot(inputs)
+        masks = self.lstm.draw_masks(T, B, train=True)
+        self.lstm.masks = masks
+        tiles = self.tiles()
+        weights = [tile.get_weights() for tile in tiles]  # copies, updated below
+        # The parameters: column blocks of the weights, each its own autograd leaf sharing the
+        # copy's memory (views of one leaf would cost a full-size gradient per block).
+        blocks = [
+            [W[:, : ly.n_in], W[:, ly.n_in : ly.n_in + H], W[:, ly.n_in + H]]
+            for W, ly in zip(weights[:-1], self.lstm.layers, strict=True)
+        ]
+        blocks.append([weights[-1][:, :H], weights[-1][:, H]])
+        params = [[p.detach().requires_grad_() for p in ps] for ps in blocks]
+        leaves = [p for ps in params for p in ps]
+        no_bias_hh = torch.zeros(4 * H, dtype=torch.float32, device=self.device)
+
+        h0, c0 = state
+        with torch.enable_grad():
+            if all(m is None for m in masks[:-1]):  # all layers in one call, as nn.LSTM
+                flat = [p for ps in params[:L] for p in (*ps, no_bias_hh)]
+                out, hT, cT = torch._VF.lstm(x, (h0, c0), flat, True, L, 0.0, True, False, False)
+            else:  # dropout between layers: one call per layer, our masks in between
+                out, hs, cs = x, [], []
+                for k in range(L):
+                    hx = (h0[k : k + 1], c0[k : k + 1])
+                    flat = [*params[k], no_bias_hh]
+                    out, h_k, c_k = torch._VF.lstm(out, hx, flat, True, 1, 0.0, True, False, False)
+                    hs.append(h_k)
+                    cs.append(c_k)
+                    if k < L - 1:
+                        out = out * masks[k]
+                hT, cT = torch.cat(hs), torch.cat(cs)
+            if masks[-1] is not None:
+                out = out * masks[-1]
+            logits = torch.nn.functional.linear(out, *params[-1])
+            tgt = targets.to(self.device).reshape(-1)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), tgt)
+            grads = torch.autograd.grad(loss, leaves)
+        # W <- W - lr * dL/dW (the blocks of the copies), then each tile clips to its bounds.
+        torch._foreach_add_([p.detach() for p in leaves], grads, alpha=-lr)
+        for tile, W in zip(tiles, weights, strict=True):
+            tile.set_weights(W)
+        return float(loss), (hT.detach(), cT.detach())
 
     @torch.no_grad()
     def forward_backward(
@@ -160,9 +268,15 @@ class CharLSTM:
         return float(loss), new_state
 
     def apply_update(self, lr: float) -> None:
-        """Every tile's pulsed update with the pairs recorded since the last one."""
-        self.decoder.apply_update(lr)
-        self.lstm.apply_update(lr)
+        """Every tile's pulsed update with the pairs recorded since the last one.
+
+        Threads: the compiled update runs on at most ``torch.get_num_threads()`` threads (see
+        :func:`numba_threads_capped`), so that one setting, ``torch.set_num_threads``, bounds
+        the whole training step.
+        """
+        with numba_threads_capped(torch.get_num_threads()):
+            self.decoder.apply_update(lr)
+            self.lstm.apply_update(lr)
 
     @torch.no_grad()
     def evaluate(

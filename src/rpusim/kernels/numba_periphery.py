@@ -231,40 +231,63 @@ def analog_mvm_numba(
     """
     p = _plan(io)
     matrix = weights if transposed else weights.t()
-    batch, n_in = x.shape
     x_c = x.contiguous()  # what the kernels read (x itself, unless it is strided)
-    alpha = np.empty(batch, np.float32)
-    sat_rows = np.empty(batch, np.int64) if p.bm else None
+    alpha = np.empty(x.shape[0], np.float32)
+    sat_rows = np.empty(x.shape[0], np.int64) if p.bm else None
+    y, n_sat = _read(x_c, matrix, p, generator, alpha, sat_rows, None, _ONE, None)
+    if n_sat:
+        reread_saturated(x_c, matrix, p, generator, alpha, sat_rows, n_sat, y.numpy())
+    return y
 
-    def read(rows, factor, y_np):
-        """One read of ``rows`` (None: all), with the reference's draws in its order, into
-        scratch buffers of its shapes (``uniform_``/``normal_`` = ``torch.rand``/``randn``).
-        Returns the array's output (written in place where ``y_np`` is None) and the number of
-        rows that saturated."""
-        k = batch if rows is None else len(rows)
-        u = None
-        if p.sto:
-            u_t, u = _SCRATCH.get("u", k, n_in)
-            u_t.uniform_(generator=generator)
-        if p.identity_input and rows is None:
-            x_q = x  # the reference reads x itself here
-        else:
-            x_q, x_q_np = _SCRATCH.get("x_q", k, n_in)
-            _input_side_at(x_c.data_ptr(), batch, n_in, rows, alpha, factor, u, p.dac, x_q_np)
-        z = x_q @ matrix
-        noise = None
-        if p.noise:
-            noise_t, noise = _SCRATCH.get("noise", k, z.shape[1])
-            noise_t.normal_(generator=generator)
-        n_sat = _output_side_at(
-            z.data_ptr(), k, z.shape[1], rows, noise, p.adc, alpha, factor, y_np, sat_rows
-        )
-        return z, n_sat
 
-    y, n_sat = read(None, _ONE, None)
+def _read(x_c, matrix, p, generator, alpha, sat_rows, rows, factor, y_np):
+    """One read of ``rows`` of ``x_c`` (None: all), with the reference's draws in its order,
+    into scratch buffers of its shapes (``uniform_``/``normal_`` = ``torch.rand``/``randn``).
+
+    Returns the array's output (written in place where ``y_np`` is None, else into ``y_np`` at
+    the rows read) and the number of rows that saturated (listed in ``sat_rows``).
+    """
+    batch, n_in = x_c.shape
+    k = batch if rows is None else len(rows)
+    u = None
+    if p.sto:
+        u_t, u = _SCRATCH.get("u", k, n_in)
+        u_t.uniform_(generator=generator)
+    if p.identity_input and rows is None:
+        x_q = x_c  # the reference reads x itself here
+    else:
+        x_q, x_q_np = _SCRATCH.get("x_q", k, n_in)
+        _input_side_at(x_c.data_ptr(), batch, n_in, rows, alpha, factor, u, p.dac, x_q_np)
+    z = x_q @ matrix
+    noise = None
+    if p.noise:
+        noise_t, noise = _SCRATCH.get("noise", k, z.shape[1])
+        noise_t.normal_(generator=generator)
+    n_sat = _output_side_at(
+        z.data_ptr(), k, z.shape[1], rows, noise, p.adc, alpha, factor, y_np, sat_rows
+    )
+    return z, n_sat
+
+
+def reread_saturated(
+    x_c: torch.Tensor,
+    matrix: torch.Tensor,
+    p: _Plan,
+    generator: torch.Generator | None,
+    alpha: np.ndarray,
+    sat_rows: np.ndarray | None,
+    n_sat: int,
+    y_np: np.ndarray,
+) -> None:
+    """Bound management after a first read: the ``n_sat`` rows listed in ``sat_rows`` are read
+    again, their input halved once more each time, until none saturates or the factor reaches
+    ``max_bm_factor``. Writes the new outputs into ``y_np`` (batch, m) at those rows.
+
+    ``x_c`` (batch, n) contiguous: the read's input; ``alpha``: its noise-management scales
+    from the first read; ``matrix``: as in the first read (``W.T`` forward, ``W`` backward).
+    """
     factor = 1
     while n_sat and factor < p.max_bm_factor:
-        # Bound management: read the saturated rows again, their input halved once more.
         factor *= 2
-        _, n_sat = read(sat_rows[:n_sat].copy(), np.float32(factor), y.numpy())
-    return y
+        rows = sat_rows[:n_sat].copy()
+        _, n_sat = _read(x_c, matrix, p, generator, alpha, sat_rows, rows, np.float32(factor), y_np)
