@@ -8,8 +8,8 @@ batch 1 and 32 (sequences of 100, a vocabulary of 87 one-hot bytes like War and 
 - ``rpusim-rpu``: the RPU baseline (full periphery both ways, pulsed update, BL 10);
 
 and reports characters per second (forward + backward + update of one sequence batch, median of
-repeats after a warm-up) and the ratio to torch of the same shape. Ratios, not seconds, are the
-result: the machines are shared and noisy, and both sides see the same noise.
+interleaved rounds after a warm-up) and the ratio to torch of the same shape. Ratios, not
+seconds, are the result: the machines are shared and noisy, and both sides see the same noise.
 """
 
 from __future__ import annotations
@@ -29,22 +29,15 @@ VOCAB = 87
 SEQ_LEN = 100
 
 
-def _median_rate(
-    step: Callable[[], None], chars_per_step: int, min_seconds: float, repeats: int
-) -> float:
-    """Characters per second of ``step``: warm-up, then the median of ``repeats`` timings."""
-    step()  # warm-up (numba compilation, allocator)
-    rates = []
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while True:
-            step()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds / repeats:
-                break
-        rates.append(n * chars_per_step / elapsed)
-    return statistics.median(rates)
+def _rate(step: Callable[[], None], chars_per_step: int, seconds: float) -> float:
+    """Characters per second of ``step`` over at least ``seconds`` (at least one step)."""
+    n, start = 0, time.perf_counter()
+    while True:
+        step()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n * chars_per_step / elapsed
 
 
 def _data(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +96,7 @@ def machine() -> dict:
     return {
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "python": sys.version.split()[0],
@@ -113,9 +107,14 @@ def machine() -> dict:
 
 
 def run(
-    quick: bool = False, seconds: float = 3.0, repeats: int = 5, log: Callable[[str], None] = print
+    quick: bool = False, seconds: float = 3.0, rounds: int = 7, log: Callable[[str], None] = print
 ) -> dict:
-    """Measure every row; returns ``{"machine": {...}, "rows": [...]}``."""
+    """Measure every row; returns ``{"machine": {...}, "rows": [...]}``.
+
+    The three implementations of one shape are timed back to back in each of ``rounds`` rounds
+    (after one warm-up step each); a row reports the median rate and the median of the per-round
+    ratios to torch, so that a change of load on a shared machine hits both sides of a ratio.
+    """
     hiddens = (128,) if quick else (64, 128, 256)
     rows = []
     for hidden in hiddens:
@@ -126,22 +125,29 @@ def run(
                 "rpusim-fp": rpusim_step(hidden, 2, batch, "ideal"),
                 "rpusim-rpu": rpusim_step(hidden, 2, batch, "rpu_baseline"),
             }
-            base = None
-            for impl, step in steps.items():
-                rate = _median_rate(step, chars, seconds, repeats)
-                base = rate if impl == "torch" else base
+            for step in steps.values():
+                step()  # warm-up: numba compilation, allocator
+            rates: dict[str, list[float]] = {impl: [] for impl in steps}
+            for _ in range(rounds):
+                for impl, step in steps.items():
+                    rates[impl].append(_rate(step, chars, seconds / rounds))
+            for impl in steps:
+                ratio = statistics.median(
+                    r / t for r, t in zip(rates[impl], rates["torch"], strict=True)
+                )
+                rate = statistics.median(rates[impl])
                 row = {
                     "impl": impl,
                     "layers": 2,
                     "hidden": hidden,
                     "batch": batch,
                     "chars_per_s": round(rate, 1),
-                    "ratio_to_torch": round(rate / base, 4),
+                    "ratio_to_torch": round(ratio, 4),
                 }
                 rows.append(row)
                 log(
                     f"{impl:>11}  2x{hidden:<4} batch {batch:>2}  {rate:>10,.0f} chars/s  "
-                    f"{rate / base:6.3f}x torch"
+                    f"{ratio:6.3f}x torch"
                 )
     return {"machine": machine(), "rows": rows}
 
@@ -161,7 +167,7 @@ def markdown_table(result: dict) -> str:
 
 
 def main(quick: bool = False, json_path: str | Path | None = None) -> dict:
-    result = run(quick=quick, seconds=2.0 if quick else 4.0)
+    result = run(quick=quick, seconds=2.5 if quick else 5.0)
     print()
     print(markdown_table(result))
     if json_path is not None:
