@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    return [line for b in blocks[:2] for line in b.splitlines() if line and not line.startswith("#")]
+    return [
+        line for b in blocks[:2] for line in b.splitlines() if line and not line.startswith("#")
+    ]
 
 
 def test_readme_opens_with_the_main_job_and_the_test_command():

@@ -290,8 +290,12 @@ def _one_line(model: type[BaseModel], err: ValidationError, prefix: str) -> str:
         return f"{key}: unknown key{_suggest(str(loc[-1]), _fields_at(model, loc[:-1]))}"
     ctx = first.get("ctx") or {}
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        ops = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-               "less_than_equal": "<="}
+        ops = {
+            "greater_than": ">",
+            "greater_than_equal": ">=",
+            "less_than": "<",
+            "less_than_equal": "<=",
+        }
         bound = next(iter(ctx.values()), "?")
         return f"{key}: {value!r} is out of range; it must be {ops[kind]} {bound}"
     if kind == "literal_error":
