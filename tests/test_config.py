@@ -131,3 +131,56 @@ def test_fuzzed_overrides_either_validate_or_fail_in_one_line(changes):
         return
     # Whatever was accepted survives a YAML round trip unchanged.
     assert RPUConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+
+
+# -- the run config loader, fuzzed through YAML text -----------------------------------------------
+
+_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(), st.text(max_size=6)
+)
+_run_keys = st.sampled_from(
+    [
+        "seed",
+        "data",
+        "model",
+        "train",
+        "rpu",
+        "corpus",
+        "hidden",
+        "lr",
+        "layers",
+        "dropout",
+        "device",
+        "forward",
+        "preset",
+        "epochs",
+        "batch_size",
+        "split",
+        "max_chars",
+        "dw_min",
+    ]
+)
+_trees = st.recursive(
+    _leaf,
+    lambda inner: st.dictionaries(_run_keys, inner, max_size=4) | st.lists(inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_trees, st.lists(st.tuples(_run_keys, _run_keys, _leaf), max_size=2))
+def test_fuzzed_run_configs_load_or_fail_in_one_line(tmp_path_factory, tree, sets):
+    from rpusim.config import RunConfig
+
+    path = tmp_path_factory.mktemp("fuzz") / "run.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    overrides = [f"{a}.{b}={yaml.safe_dump(v).splitlines()[0]}" for a, b, v in sets]
+    try:
+        cfg = RunConfig.from_yaml(path, overrides)
+    except ConfigError as err:
+        msg = str(err)
+        assert msg and "\n" not in msg
+        return
+    again = tmp_path_factory.mktemp("fuzz") / "again.yaml"
+    cfg.to_yaml(again)
+    assert RunConfig.from_yaml(again) == cfg
