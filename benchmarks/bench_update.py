@@ -11,6 +11,11 @@ the same ``K``, ``out`` and ``in``. Run::
 
     PYTHONPATH=src python benchmarks/bench_update.py          # full
     PYTHONPATH=src python benchmarks/bench_update.py --quick  # fewer repeats
+    PYTHONPATH=src python benchmarks/bench_update.py --small  # K = 100 (one step at batch 1)
+
+``--small`` times the update of one training step at batch 1 (the paper's setting): ``K = 100``
+pairs on the same tile, where per-call setup (``pulse_scales``, array conversions, numba
+dispatch) weighs more than at ``K = 3200``; it reports microseconds per call.
 """
 
 from __future__ import annotations
@@ -32,16 +37,18 @@ BL = 10
 LR = 0.01
 
 
-def lstm_update_inputs(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_update_inputs(
+    generator: torch.Generator, n_pairs: int = N_PAIRS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``(K, 257)`` = [one-hot; h in (-1, 1); 1] and ``d`` ``(K, 512)`` LSTM-like errors."""
-    chars = torch.randint(0, N_VOCAB, (N_PAIRS,), generator=generator)
+    chars = torch.randint(0, N_VOCAB, (n_pairs,), generator=generator)
     one_hot = torch.nn.functional.one_hot(chars, N_VOCAB).to(torch.float32)
-    h = torch.tanh(torch.randn(N_PAIRS, N_UNITS, generator=generator))
-    x = torch.cat([one_hot, h, torch.ones(N_PAIRS, 1)], dim=1)
+    h = torch.tanh(torch.randn(n_pairs, N_UNITS, generator=generator))
+    x = torch.cat([one_hot, h, torch.ones(n_pairs, 1)], dim=1)
     # Student-t with 2 degrees of freedom (normal / sqrt(chi2_2 / 2), chi2_2 = -2 log u) at
     # scale 2e-3: most |d| ~ 1e-3 .. 1e-2 with a heavy tail; half of the gates saturated
     # (their errors shrunk by 1e-3, i.e. near zero).
-    shape = (N_PAIRS, 4 * N_UNITS)
+    shape = (n_pairs, 4 * N_UNITS)
     normal = torch.randn(shape, generator=generator, dtype=torch.float64)
     chi2_over_2 = -torch.log1p(-torch.rand(shape, generator=generator, dtype=torch.float64))
     t = normal / chi2_over_2.sqrt()
@@ -50,19 +57,21 @@ def lstm_update_inputs(generator: torch.Generator) -> tuple[torch.Tensor, torch.
     return x, d
 
 
-def main(quick: bool = False) -> dict:
+def main(quick: bool = False, n_pairs: int = N_PAIRS) -> dict:
     """Measure both; return ``{"update_s", "gemm_s", "ratio", ...}`` (medians, seconds).
 
     The two are timed alternately, repeat by repeat, so that a busy machine slows both alike.
     """
     gen = torch.Generator().manual_seed(0)
-    x, d = lstm_update_inputs(gen)
+    x, d = lstm_update_inputs(gen, n_pairs)
     n_out, n_in = d.shape[1], x.shape[1]
     dev_cfg = DeviceConfig()
     dev = constant_step(dev_cfg, n_out, n_in, gen)
     cfg = UpdateConfig(bl=BL, update_management=True)
     w = (0.1 * torch.randn(n_out, n_in, generator=gen)).to(torch.float32)
     repeats = 7 if quick else 31
+    if n_pairs < N_PAIRS:  # short calls: more repeats for a stable median
+        repeats *= 10
 
     def update(r: int) -> None:
         pulsed_update(w, x, d, LR, dev, cfg, dev_cfg.dw_min, key=1000 + r, backend="numba")
@@ -81,7 +90,7 @@ def main(quick: bool = False) -> dict:
     update_s, gemm_s = statistics.median(update_times), statistics.median(gemm_times)
     return {
         "shape": (n_out, n_in),
-        "pairs": N_PAIRS,
+        "pairs": n_pairs,
         "bl": BL,
         "threads": torch.get_num_threads(),
         "update_s": update_s,
@@ -93,10 +102,13 @@ def main(quick: bool = False) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    res = main(parser.parse_args().quick)
+    parser.add_argument("--small", action="store_true", help="K = 100 pairs (batch 1), in us")
+    args = parser.parse_args()
+    res = main(args.quick, n_pairs=100 if args.small else N_PAIRS)
     print(
         f"pulsed update  {res['pairs']} pairs on {res['shape'][0]}x{res['shape'][1]}, "
-        f"BL {res['bl']}: {res['update_s'] * 1e3:8.2f} ms"
+        f"BL {res['bl']}: {res['update_s'] * 1e6:10.1f} us per call"
     )
-    print(f"float GEMM     d.T @ x ({res['threads']} threads):       {res['gemm_s'] * 1e3:8.2f} ms")
+    gemm_us = res["gemm_s"] * 1e6
+    print(f"float GEMM     d.T @ x ({res['threads']} threads): {gemm_us:10.1f} us per call")
     print(f"ratio update / GEMM: {res['ratio']:.2f}")

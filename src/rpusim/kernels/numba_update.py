@@ -38,7 +38,8 @@ from rpusim.pulses import _check, pulse_scales, sqrt_counts
 
 #: Most pairs whose pulse words are held at once (bounds the scratch memory).
 CHUNK = 2048
-#: Most weight rows per parallel task in pass 2 (a block's weights stay in the core's cache).
+#: Most weight rows per parallel task in pass 2 (a block's weights stay in the core's cache);
+#: on one thread pass 2 is one block of all rows.
 MAX_ROWS_PER_BLOCK = 64
 #: Below this many line draws (pairs x lines x slots) one thread does the call: waking the other
 #: threads costs more than it saves, and far more on a busy machine.
@@ -263,9 +264,15 @@ def pulsed_update_numba(
     if n_pairs * (n_in + n_out) * max_bl < SERIAL_DRAWS:
         numba.set_num_threads(1)
     try:
-        # About four blocks per thread, so that uneven rows still keep every thread busy.
-        per_block = -(-n_out // (4 * numba.get_num_threads()))
-        block_rows = max(8, min(MAX_ROWS_PER_BLOCK, per_block))
+        n_threads = numba.get_num_threads()
+        if n_threads == 1:
+            # One thread: one block of all rows. Each block reads the whole chunk's pulse
+            # words again, so smaller blocks only add traffic (25-35% slower at K = 3200).
+            block_rows = max(n_out, 1)
+        else:
+            # About four blocks per thread, so that uneven rows still keep every thread busy.
+            per_block = -(-n_out // (4 * n_threads))
+            block_rows = max(8, min(MAX_ROWS_PER_BLOCK, per_block))
         for k0 in range(0, n_pairs, chunk):
             k1 = min(n_pairs, k0 + chunk)
             _pulse_pass(
