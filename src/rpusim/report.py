@@ -486,11 +486,14 @@ def bits_threshold(sw: Sweep, tolerance: float) -> list[dict[str, Any]] | None:
         modes.setdefault(key, []).append(g)
     out = []
     for key, members in modes.items():
-        within = []
-        for g in sorted(members, key=lambda g: g.axes[bits["name"]]):
-            mean = g.stat("final_test_loss")[0]
-            if not math.isnan(mean) and mean - ref_loss <= tolerance:
-                within.append((g.axes[bits["name"]], mean))
+        ordered = sorted(members, key=lambda g: g.axes[bits["name"]])
+        means = [(g.axes[bits["name"]], g.stat("final_test_loss")[0]) for g in ordered]
+        means = [(b, m) for b, m in means if not math.isnan(m)]
+        within = [(b, m) for b, m in means if m - ref_loss <= tolerance]
+        # The same question against this mode's own finest DAC: where does resolution stop
+        # mattering on this device, whatever the device's own gap to floating point?
+        finest = means[-1] if means else (None, math.nan)
+        near_finest = [(b, m) for b, m in means if m - finest[1] <= tolerance]
         mode = _pretty_other(key, sw) if rnd is not None else "as configured"
         out.append(
             {
@@ -499,6 +502,10 @@ def bits_threshold(sw: Sweep, tolerance: float) -> list[dict[str, Any]] | None:
                 "loss": within[0][1] if within else math.nan,
                 "reference": ref_loss,
                 "ref_label": ref.label,
+                "finest_bits": finest[0],
+                "finest_loss": finest[1],
+                "bits_vs_finest": near_finest[0][0] if near_finest else None,
+                "loss_vs_finest": near_finest[0][1] if near_finest else math.nan,
             }
         )
     return out
@@ -582,15 +589,21 @@ def report(out: str | Path, tolerance: float = 0.05) -> Path:
             "## Smallest DAC bit count within tolerance",
             "",
             f"Tolerance: final test loss at most {tolerance:g} nats/char above the reference "
-            f"`{thresh[0]['ref_label']}` ({thresh[0]['reference']:.4f}). Computed by "
-            f"`{fig_cmd}`.",
+            f"`{thresh[0]['ref_label']}` ({thresh[0]['reference']:.4f}), and, in the last two "
+            "columns, above the same rounding mode's finest DAC (the largest bit count swept): "
+            f"where resolution stops mattering on this device. Computed by `{fig_cmd}`.",
             "",
-            "| rounding | smallest bits | its test loss |",
-            "|---|---|---|",
+            "| rounding | smallest bits (vs reference) | its test loss | finest DAC: bits, "
+            "test loss | smallest bits (vs finest) | its test loss |",
+            "|---|---|---|---|---|---|",
         ]
         for t in thresh:
             bits = "none within tolerance" if t["bits"] is None else str(t["bits"])
-            md.append(f"| {t['mode']} | {bits} | {_num(t['loss'])} |")
+            near = "-" if t["bits_vs_finest"] is None else str(t["bits_vs_finest"])
+            md.append(
+                f"| {t['mode']} | {bits} | {_num(t['loss'])} | {t['finest_bits']}, "
+                f"{_num(t['finest_loss'])} | {near} | {_num(t['loss_vs_finest'])} |"
+            )
         md.append("")
     failed = [
         (r.name, r.row.get("error", "")) for g in sw.groups for r in g.runs if r.status == "failed"
