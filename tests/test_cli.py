@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from rpusim.cli import main
@@ -25,18 +24,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and one numba thread, as ``rpusim train`` and ``rpusim sweep`` use by default
-    (small LSTMs gain nothing from more, and two thread pools on two shared cores can stall)."""
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_config(path, **sections):

@@ -25,18 +25,7 @@ BASELINE = RPUConfig.preset("rpu_baseline")
 CELLS = ["numba", "torch"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-1 LSTM work is a chain of tiny ops: extra threads only spin, and on a loaded
-    2-core machine they make this file 10x slower. Results do not depend on the thread count."""
-    import numba
-
-    saved = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved[0])
-    numba.set_num_threads(saved[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(V, T, B, seed=0):

@@ -10,19 +10,7 @@ from rpusim.config import ConfigError, RunConfig
 from rpusim.model import CharLSTM
 from rpusim.train import METRICS_COLUMNS, TrainError, load_checkpoint, read_metrics, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and one numba thread, as ``rpusim train`` and ``rpusim sweep`` use by default
-    (small LSTMs gain nothing from more, and two thread pools on two shared cores can stall)."""
-    import numba
-
-    before = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(rpu="ideal", dropout=0.0, **train_kw):

@@ -74,6 +74,18 @@ class TrainError(RuntimeError):
     """A run folder or checkpoint was refused. The message is one line that says what to do."""
 
 
+def build_model(cfg: RunConfig, vocab_size: int) -> CharLSTM:
+    """The run's network; the FP twin is the same network with ``rpu: ideal``."""
+    return CharLSTM(
+        vocab_size,
+        cfg.model.hidden,
+        cfg.model.layers,
+        cfg.rpu,
+        seed=cfg.seed,
+        dropout=cfg.model.dropout,
+    )
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | Path,
@@ -112,14 +124,7 @@ def train(
     test_stream = _eval_stream(test_ids, cfg, "test")
 
     # -- model: the FP twin is the same network with rpu: ideal -----------------------------------
-    model = CharLSTM(
-        vocab.size,
-        cfg.model.hidden,
-        cfg.model.layers,
-        cfg.rpu,
-        seed=cfg.seed,
-        dropout=cfg.model.dropout,
-    )
+    model = build_model(cfg, vocab.size)
 
     # -- where we are: a fresh start or the checkpoint's position -------------------------------
     epoch, chars, step, elapsed_before = 0, 0, 0, 0.0
@@ -390,14 +395,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, CharLSTM, Vocab, dict[str,
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     cfg = RunConfig.from_dict(ckpt["config"])
     vocab = Vocab.from_list(ckpt["vocab"])
-    model = CharLSTM(
-        vocab.size,
-        cfg.model.hidden,
-        cfg.model.layers,
-        cfg.rpu,
-        seed=cfg.seed,
-        dropout=cfg.model.dropout,
-    )
+    model = build_model(cfg, vocab.size)
     try:
         model.load_state_dict(ckpt["model"])
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
