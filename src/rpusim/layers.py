@@ -34,21 +34,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from rpusim.config import RPUConfig
 from rpusim.kernels import numba_lstm
-from rpusim.tile import AnalogTile
+from rpusim.tile import AnalogTile, child_seed
 
 # Independent random streams derived from a layer's seed.
 _STREAM_INIT, _STREAM_TILE, _STREAM_LAYER, _STREAM_DROPOUT = range(4)
-
-
-def child_seed(seed: int, *path: int) -> int:
-    """An independent non-negative 31-bit seed for ``(seed, *path)`` (numpy SeedSequence)."""
-    state = np.random.SeedSequence([int(seed), *map(int, path)]).generate_state(1, np.uint32)
-    return int(state[0]) & 0x7FFFFFFF
 
 
 def _init_uniform(out_size: int, in_size: int, bound: float, seed: int) -> torch.Tensor:
@@ -225,14 +218,6 @@ _cell_forward, _cell_backward = numba_lstm.cell_forward, numba_lstm.cell_backwar
 CELL_BACKENDS = ("auto", "numba", "torch")
 
 
-def _read_parts(tile: AnalogTile, direction: str):
-    """What a read of ``tile`` uses: its weights (out, in), the periphery of ``direction``
-    (``"forward"`` or ``"backward"``) and that direction's random generator."""
-    if direction == "forward":
-        return tile._w, tile.cfg.forward, tile._gen_forward
-    return tile._w, tile.cfg.backward, tile._gen_backward
-
-
 class AnalogLSTMLayer:
     """One LSTM layer on one tile ``W`` of shape ``(4h, n_in + h + 1)``.
 
@@ -318,7 +303,7 @@ class AnalogLSTMLayer:
         tile = self.tile
         if self._use_numba() and self.fused:
             # The same loop as below, one compiled call per step (rpusim.kernels.numba_lstm).
-            numba_lstm.forward_sequence(*_read_parts(tile, "forward"), Z, G, C, TC)
+            numba_lstm.forward_sequence(*tile.read_parts("forward"), Z, G, C, TC)
         elif self._use_numba():
             Zs = Z.unbind(0)
             cell = _cell_forward
@@ -389,7 +374,7 @@ class AnalogLSTMLayer:
             DZ = torch.empty(T + 1, B, n + h + 1, **opts)
             DZ[T] = dz
             numba_lstm.backward_sequence(
-                *_read_parts(tile, "backward"), grad_hs, G, C, TC, dc, dA, DZ
+                *tile.read_parts("backward"), grad_hs, G, C, TC, dc, dA, DZ
             )
             self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
             return DZ[:T, :, :n]

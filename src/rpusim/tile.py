@@ -20,10 +20,15 @@ from rpusim.periphery import analog_mvm
 _STREAM_DEVICES, _STREAM_FORWARD, _STREAM_BACKWARD, _STREAM_UPDATE = range(4)
 
 
-def _stream_seed(seed: int, stream: int, counter: int = 0) -> int:
-    """An independent 31-bit seed for ``(seed, stream, counter)`` (numpy's SeedSequence mixing)."""
-    state = np.random.SeedSequence([seed, stream, counter]).generate_state(1, dtype=np.uint32)
+def child_seed(seed: int, *path: int) -> int:
+    """An independent non-negative 31-bit seed for ``(seed, *path)`` (numpy's SeedSequence)."""
+    state = np.random.SeedSequence([int(seed), *map(int, path)]).generate_state(1, np.uint32)
     return int(state[0]) & 0x7FFFFFFF
+
+
+def _stream_seed(seed: int, stream: int, counter: int = 0) -> int:
+    """The seed of one of the tile's streams (``counter``: the update call, for the pulses)."""
+    return child_seed(seed, stream, counter)
 
 
 def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
@@ -89,6 +94,16 @@ class AnalogTile:
     def device_state(self) -> dict[str, torch.Tensor]:
         """Per-device parameters: ``dw_up``, ``dw_down``, ``w_max``, ``w_min``, each (out, in)."""
         return self._dev.as_dict()
+
+    def read_parts(self, direction: str) -> tuple[torch.Tensor, Any, torch.Generator]:
+        """What a read in ``direction`` ("forward" or "backward") uses: the weights (not a copy),
+        that direction's periphery config and its random generator. For compiled callers (the
+        fused LSTM loop) that do the read themselves, bit-identically to :meth:`forward`."""
+        if direction == "forward":
+            return self._w, self.cfg.forward, self._gen_forward
+        if direction == "backward":
+            return self._w, self.cfg.backward, self._gen_backward
+        raise ValueError(f"read_parts: direction is 'forward' or 'backward', not {direction!r}")
 
     # -- the three cycles ------------------------------------------------------------------------
 
