@@ -74,42 +74,12 @@ def test_train_then_sample_prints_n_chars(tmp_path, capsysbinary):
     assert [r["chars"] for r in read_metrics(tmp_path / "run/metrics.csv")] == [500, 1000]
     capsysbinary.readouterr()
 
-    assert (
-        main(
-            [
-                "sample",
-                str(tmp_path / "run"),
-                "--chars",
-                "37",
-                "--temperature",
-                "0.8",
-                "--prime",
-                "The ",
-                "--seed",
-                "5",
-            ]
-        )
-        == 0
-    )
+    sample = ["sample", str(tmp_path / "run"), "--chars", "37", "--temperature", "0.8"]
+    sample += ["--prime", "The ", "--seed", "5"]
+    assert main(sample) == 0
     out = capsysbinary.readouterr().out
     assert out.endswith(b"\n") and len(out) == 37 + 1
-    assert (
-        main(
-            [
-                "sample",
-                str(tmp_path / "run"),
-                "--chars",
-                "37",
-                "--temperature",
-                "0.8",
-                "--prime",
-                "The ",
-                "--seed",
-                "5",
-            ]
-        )
-        == 0
-    )
+    assert main(sample) == 0
     assert capsysbinary.readouterr().out == out  # same seed, same text
 
 
