@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from rpusim.cli import main
@@ -163,6 +164,16 @@ def test_usage_errors_are_one_line(capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     rc, _, err = run_cli(["train", "--out", "x"], capsys)  # no --config, no --resume
     assert_one_line_error(rc, err, "--config")
+
+
+@pytest.mark.parametrize(
+    ("device", "fragment"), [("gpu", "use cpu, cuda or cuda:N"), ("cuda", "no CUDA GPU")]
+)
+def test_bench_refuses_a_device_it_cannot_use(capsys, device, fragment):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("needs a machine without a CUDA GPU")
+    rc, _, err = run_cli(["bench", "--quick", "--device", device], capsys)
+    assert_one_line_error(rc, err, "--device", fragment)
 
 
 def test_killed_run_resumes_bit_identically(tmp_path, capsys):

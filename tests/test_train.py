@@ -229,6 +229,7 @@ def test_run_config_from_yaml_with_presets_and_overrides(tmp_path):
         ({"train": {"lr": 0}}, [], "train.lr: 0 is out of range"),
         ({"data": {"split": [0.5, 0.5, 0.5]}}, [], "data: split [0.5, 0.5, 0.5] must be"),
         ({"model": 3}, [], "model: expected mapping"),
+        ({}, ["train.device=gpu"], "train: device 'gpu' is not a device: use cpu, cuda or cuda:N"),
     ],
 )
 def test_run_config_errors_are_one_line_naming_the_key(data, overrides, expected):
@@ -236,3 +237,31 @@ def test_run_config_errors_are_one_line_naming_the_key(data, overrides, expected
         RunConfig.from_dict(data, overrides)
     assert str(err.value).startswith(expected)
     assert "\n" not in str(err.value)
+
+
+def test_train_device_names_cpu_or_a_cuda_device():
+    assert RunConfig().train.device == "cpu"
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert RunConfig.from_dict({}, [f"train.device={device}"]).train.device == device
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_cuda_run_without_a_gpu_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(TrainError, match=r"^train\.device: 'cuda' but torch sees no CUDA GPU"):
+        train(tiny(device="cuda"), tmp_path / "run", progress=False, verbose=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_from_before_a_new_config_key_resumes(tmp_path):
+    # Keys added to the config later (here train.device) take their defaults when an older
+    # checkpoint is compared with the config: the run continues, bit-identically.
+    cfg = tiny("rpu_baseline", max_chars=1000)
+    train(cfg, tmp_path / "a", progress=False, verbose=False)
+    path = tmp_path / "a/checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["train"]["device"]
+    torch.save(ckpt, path)
+    longer = cfg.override(["train.max_chars=2000"])
+    train(longer, tmp_path / "a", resume=True, progress=False, verbose=False)
+    train(longer, tmp_path / "b", progress=False, verbose=False)
+    assert_same_run(tmp_path / "a", tmp_path / "b")

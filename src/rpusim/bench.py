@@ -10,6 +10,10 @@ batch 1 and 32 (sequences of 100, a vocabulary of 87 one-hot bytes like War and 
 and reports characters per second (forward + backward + update of one sequence batch, median of
 interleaved rounds after a warm-up) and the ratio to torch of the same shape. Ratios, not
 seconds, are the result: the machines are shared and noisy, and both sides see the same noise.
+
+``--device cuda`` runs all three on the GPU (torch's ``nn.LSTM`` then uses cuDNN; rpusim's
+tiles use the Triton twins where triton is installed, else the torch references); each timed
+step ends with ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ VOCAB = 87
 SEQ_LEN = 100
 
 
-def _rate(step: Callable[[], None], chars_per_step: int, seconds: float) -> float:
+def _rate(
+    step: Callable[[], None], chars_per_step: int, seconds: float, device: str = "cpu"
+) -> float:
     """Characters per second of ``step`` over at least ``seconds`` (at least one step)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     n, start = 0, time.perf_counter()
     while True:
         step()
+        sync()
         n += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
@@ -46,14 +55,16 @@ def _data(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return seq[:-1], seq[1:]
 
 
-def torch_step(hidden: int, layers: int, batch: int, lr: float = 1.0) -> Callable[[], None]:
+def torch_step(
+    hidden: int, layers: int, batch: int, lr: float = 1.0, device: str = "cpu"
+) -> Callable[[], None]:
     """One SGD step of ``nn.LSTM`` + ``nn.Linear`` on a one-hot sequence batch."""
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(VOCAB, hidden, layers)
-    head = torch.nn.Linear(hidden, VOCAB)
+    lstm = torch.nn.LSTM(VOCAB, hidden, layers).to(device)
+    head = torch.nn.Linear(hidden, VOCAB).to(device)
     params = list(lstm.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=lr)
-    inputs, targets = _data(batch)
+    inputs, targets = (t.to(device) for t in _data(batch))
     x = torch.nn.functional.one_hot(inputs, VOCAB).float()
     state = None
 
@@ -70,13 +81,13 @@ def torch_step(hidden: int, layers: int, batch: int, lr: float = 1.0) -> Callabl
 
 
 def rpusim_step(
-    hidden: int, layers: int, batch: int, preset: str, lr: float = 1.0
+    hidden: int, layers: int, batch: int, preset: str, lr: float = 1.0, device: str = "cpu"
 ) -> Callable[[], None]:
     """One training step of rpusim's CharLSTM with every tile on ``preset``."""
     from rpusim.config import RPUConfig
     from rpusim.model import CharLSTM
 
-    model = CharLSTM(VOCAB, hidden, layers, RPUConfig.preset(preset), seed=0)
+    model = CharLSTM(VOCAB, hidden, layers, RPUConfig.preset(preset), seed=0, device=device)
     inputs, targets = _data(batch)
     state = model.init_state(batch)
 
@@ -87,13 +98,18 @@ def rpusim_step(
     return step
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     """What the numbers were measured on."""
     import numba
 
     from rpusim import __version__
 
+    gpu = {"device": device}
+    if device.startswith("cuda"):
+        gpu["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        gpu["cuda"] = torch.version.cuda
     return {
+        **gpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "numba_threads": numba.get_num_threads(),
@@ -107,7 +123,11 @@ def machine() -> dict:
 
 
 def run(
-    quick: bool = False, seconds: float = 3.0, rounds: int = 7, log: Callable[[str], None] = print
+    quick: bool = False,
+    seconds: float = 3.0,
+    rounds: int = 7,
+    log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> dict:
     """Measure every row; returns ``{"machine": {...}, "rows": [...]}``.
 
@@ -121,16 +141,16 @@ def run(
         for batch in (1, 32):
             chars = SEQ_LEN * batch
             steps = {
-                "torch": torch_step(hidden, 2, batch),
-                "rpusim-fp": rpusim_step(hidden, 2, batch, "ideal"),
-                "rpusim-rpu": rpusim_step(hidden, 2, batch, "rpu_baseline"),
+                "torch": torch_step(hidden, 2, batch, device=device),
+                "rpusim-fp": rpusim_step(hidden, 2, batch, "ideal", device=device),
+                "rpusim-rpu": rpusim_step(hidden, 2, batch, "rpu_baseline", device=device),
             }
             for step in steps.values():
                 step()  # warm-up: numba compilation, allocator
             rates: dict[str, list[float]] = {impl: [] for impl in steps}
             for _ in range(rounds):
                 for impl, step in steps.items():
-                    rates[impl].append(_rate(step, chars, seconds / rounds))
+                    rates[impl].append(_rate(step, chars, seconds / rounds, device))
             for impl in steps:
                 ratio = statistics.median(
                     r / t for r, t in zip(rates[impl], rates["torch"], strict=True)
@@ -149,7 +169,7 @@ def run(
                     f"{impl:>11}  2x{hidden:<4} batch {batch:>2}  {rate:>10,.0f} chars/s  "
                     f"{ratio:6.3f}x torch"
                 )
-    return {"machine": machine(), "rows": rows}
+    return {"machine": machine(device), "rows": rows}
 
 
 def markdown_table(result: dict) -> str:
@@ -166,8 +186,10 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(quick: bool = False, json_path: str | Path | None = None) -> dict:
-    result = run(quick=quick, seconds=2.5 if quick else 5.0)
+def main(quick: bool = False, json_path: str | Path | None = None, device: str = "cpu") -> dict:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU; use --device cpu")
+    result = run(quick=quick, seconds=2.5 if quick else 5.0, device=device)
     print()
     print(markdown_table(result))
     if json_path is not None:

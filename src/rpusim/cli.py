@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -315,6 +316,12 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--quick", action="store_true", help="only the 128-unit rows (under a minute)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write JSON")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEV",
+        help="cpu (default) or cuda[:N]: where all three implementations run",
+    )
     _add_threads(p)
     p.set_defaults(func=_bench)
 
@@ -322,8 +329,14 @@ def _add_bench(sub) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from rpusim import bench
 
+    if re.fullmatch(r"cpu|cuda(:[0-9]+)?", args.device) is None:
+        return _fail(f"--device {args.device!r}: use cpu, cuda or cuda:N")
+    import torch
+
+    if args.device != "cpu" and not torch.cuda.is_available():
+        return _fail(f"--device {args.device}: torch sees no CUDA GPU; use --device cpu")
     _set_threads(args.threads)
-    bench.main(quick=args.quick, json_path=args.json)
+    bench.main(quick=args.quick, json_path=args.json, device=args.device)
     return EXIT_OK
 
 

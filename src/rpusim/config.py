@@ -12,6 +12,7 @@ Haensch 2018, constant-step device, BL 10).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -378,6 +379,15 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(
         16, ge=1, description="parallel streams when evaluating (batched reads are much faster)"
     )
+    device: str = Field(
+        "cpu", description="where the tiles live: cpu (numba twins) or cuda[:N] (Triton twins)"
+    )
+
+    @model_validator(mode="after")
+    def _known_device(self) -> TrainConfig:
+        if re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device) is None:
+            raise ValueError(f"device {self.device!r} is not a device: use cpu, cuda or cuda:N")
+        return self
 
 
 class RunConfig(_Section):

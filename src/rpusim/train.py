@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from rpusim.config import RunConfig
+from rpusim.config import ConfigError, RunConfig
 from rpusim.data import BatchStream, DataError, Vocab, load_corpus, slice_corpus, split
 from rpusim.io import atomic_write, atomic_write_text
 from rpusim.model import CharLSTM
@@ -83,7 +83,25 @@ def build_model(cfg: RunConfig, vocab_size: int) -> CharLSTM:
         cfg.rpu,
         seed=cfg.seed,
         dropout=cfg.model.dropout,
+        device=cfg.train.device,
     )
+
+
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device that torch cannot use, before any data is read or written."""
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise TrainError(
+            f"train.device: {device!r} but torch sees no CUDA GPU (a CPU build of torch, or no "
+            "driver); use train.device=cpu"
+        )
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise TrainError(
+            f"train.device: {device!r} but torch sees {torch.cuda.device_count()} GPU(s); "
+            "use cuda:0 .. cuda:N-1"
+        )
 
 
 def train(
@@ -109,6 +127,7 @@ def train(
     out = Path(out_dir)
     ckpt_path = out / "checkpoint.pt"
     _check_out_dir(out, resume)
+    _check_device(cfg.train.device)
 
     # -- data: byte vocabulary of the whole corpus, contiguous split of the (sliced) text --------
     data = load_corpus(cfg.data.corpus)
@@ -145,7 +164,7 @@ def train(
         stream = BatchStream(
             train_ids, tc.seq_len, tc.batch_size, position=int(ckpt["position"]), name="train"
         )
-        state = (ckpt["state"][0], ckpt["state"][1])
+        state = (ckpt["state"][0].to(model.device), ckpt["state"][1].to(model.device))
         metrics = [dict(row) for row in ckpt["metrics"]]
         elapsed_before = float(ckpt["elapsed_s"])
         _log(verbose, f"resuming {out} at epoch {epoch}, {chars:,} chars (step {step})")
@@ -375,7 +394,7 @@ def load_checkpoint(path: str | Path, cfg: RunConfig | None = None) -> dict[str,
     if missing:
         raise TrainError(f"{path}: checkpoint lacks {', '.join(missing)}; start a new run")
     if cfg is not None:
-        theirs, mine = _flat(ckpt["config"]), _flat(cfg.to_dict())
+        theirs, mine = _flat(_with_defaults(ckpt["config"])), _flat(cfg.to_dict())
         for key in sorted(set(theirs) | set(mine)):
             if key in RESUMABLE_KEYS or theirs.get(key) == mine.get(key):
                 continue
@@ -387,6 +406,15 @@ def load_checkpoint(path: str | Path, cfg: RunConfig | None = None) -> dict[str,
     return ckpt
 
 
+def _with_defaults(config: Any) -> Any:
+    """A checkpoint's config with the keys added since it was written at their defaults (a
+    checkpoint of an older rpusim then compares equal to its config read today)."""
+    try:
+        return RunConfig.from_dict(config).to_dict()
+    except ConfigError:
+        return config  # compared as written: the first differing key is reported
+
+
 def load_run(run_dir: str | Path) -> tuple[RunConfig, CharLSTM, Vocab, dict[str, Any]]:
     """The config, the model (at its last checkpoint) and the vocabulary of a run folder."""
     run_dir = Path(run_dir)
@@ -395,6 +423,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, CharLSTM, Vocab, dict[str,
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     cfg = RunConfig.from_dict(ckpt["config"])
     vocab = Vocab.from_list(ckpt["vocab"])
+    _check_device(cfg.train.device)  # the tiles' random streams belong to their device
     model = build_model(cfg, vocab.size)
     try:
         model.load_state_dict(ckpt["model"])

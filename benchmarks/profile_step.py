@@ -1,0 +1,153 @@
+"""Where one RPU training step spends its time, and what a batched ensemble could gain.
+
+For the RPU baseline (2 layers, sequences of 100) at one batch size it measures, in one run, on
+one torch and one numba thread, each as the median of ``--repeats`` timings:
+
+* ``step``: one whole ``train_step`` (forward, backward, pulsed update of every tile);
+* ``torch``: torch's own ``nn.LSTM`` + ``Linear`` + SGD step of the same shape (the floor);
+* ``update``: each tile's pulsed update with the pairs of a real step (``apply_update``);
+* ``reads' matmuls``: the matrix products the step's reads do (per layer and time step one
+  forward product ``z_t W^T`` and one backward product ``da_t W``; the output layer's two), replayed
+  alone with the same shapes and the same torch calls;
+* ``rest``: the remainder, the periphery and cell kernels, random draws and the Python loop.
+
+The ensemble bound. A batched ensemble (R runs of one shape stepped together, one ``bmm`` per
+read instead of R products) can only save what is paid once per call: Python, dispatch, call
+set-up. Each replica still reads its own weights twice per time step and applies its own pulsed
+update (different devices, different pairs). So per replica an ensemble step costs at least the
+reads' products done as ``bmm`` over R replicas (divided by R) plus one run's update, and its
+speed-up over R separate runs is at most ``step / (bmm / R + update)``. That is an upper bound:
+the periphery and cell kernels' arithmetic, also per replica, is left out of it.
+
+    PYTHONPATH=src python benchmarks/profile_step.py                  # 2x64, 2x128, 2x256, batch 1
+    PYTHONPATH=src python benchmarks/profile_step.py --hidden 128 --batch 32 --ensemble 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numba
+import torch
+
+from rpusim.config import RPUConfig
+from rpusim.model import CharLSTM
+
+VOCAB, SEQ = 87, 100
+
+
+def _median_s(fn, repeats: int) -> float:
+    fn()  # warm-up (compiles, fills caches)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def profile(hidden: int, batch: int, replicas: int, repeats: int) -> dict[str, float]:
+    """Seconds per training step of each part (see the module docstring)."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, VOCAB, (SEQ, batch), generator=gen)
+    targets = torch.randint(0, VOCAB, (SEQ, batch), generator=gen)
+    model = CharLSTM(VOCAB, hidden, 2, RPUConfig.preset("rpu_baseline"), seed=0)
+    state = model.init_state(batch)
+    for _ in range(10):  # away from the initial weights: realistic pulse counts
+        model.train_step(inputs, targets, state, 1.0)
+    out = {"step": _median_s(lambda: model.train_step(inputs, targets, state, 1.0), repeats)}
+
+    lstm, linear = torch.nn.LSTM(VOCAB, hidden, 2), torch.nn.Linear(hidden, VOCAB)
+    sgd = torch.optim.SGD([*lstm.parameters(), *linear.parameters()], lr=1.0)
+    x = torch.nn.functional.one_hot(inputs, VOCAB).float()
+
+    def torch_step() -> None:
+        sgd.zero_grad()
+        logits = linear(lstm(x)[0])
+        torch.nn.functional.cross_entropy(logits.view(-1, VOCAB), targets.view(-1)).backward()
+        sgd.step()
+
+    out["torch"] = _median_s(torch_step, repeats)
+
+    layers = [*model.lstm.layers, model.decoder]
+
+    def update() -> None:  # each tile's update with the pairs of one real step
+        model.forward_backward(inputs, targets, state)
+        t0 = time.perf_counter()
+        for layer in layers:
+            layer.apply_update(1.0)
+        update.seconds = time.perf_counter() - t0
+
+    update.seconds = 0.0
+    seconds = []
+    for _ in range(repeats):
+        update()
+        seconds.append(update.seconds)
+    out["update"] = statistics.median(seconds)
+
+    shapes = [tuple(layer.tile.get_weights().shape) for layer in model.lstm.layers]
+
+    def matmuls(r: int):
+        """The reads' products of one step for ``r`` replicas at once (buffers made here)."""
+        # Per LSTM layer and time step: forward (B, in) x (in, out), backward (B, out) x (out, in);
+        # the output layer reads all T*B rows at once, both ways.
+        bufs = []
+        for n_out, n_in in shapes:
+            w = torch.randn(r, n_out, n_in)
+            bufs.append((w, torch.randn(r, batch, n_in), torch.randn(r, batch, n_out)))
+        wd = torch.randn(r, VOCAB, hidden + 1)
+        hs, dy = torch.randn(r, SEQ * batch, hidden + 1), torch.randn(r, SEQ * batch, VOCAB)
+
+        def run() -> None:
+            for w, z, da in bufs:
+                a, dz, wt = torch.empty_like(da), torch.empty_like(z), w.transpose(1, 2)
+                for _ in range(SEQ):
+                    torch.bmm(z, wt, out=a)
+                    torch.bmm(da, w, out=dz)
+            torch.bmm(hs, wd.transpose(1, 2))
+            torch.bmm(dy, wd)
+
+        return run
+
+    out["matmuls"] = _median_s(matmuls(1), repeats)
+    out["rest"] = out["step"] - out["update"] - out["matmuls"]
+    bmm = _median_s(matmuls(replicas), max(3, repeats // 4))
+    out["bmm_per_replica"] = bmm / replicas
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--ensemble", type=int, default=16, help="replicas R of the bound")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    if args.ensemble < 1 or args.batch < 1:
+        parser.error("--ensemble and --batch must be >= 1")
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    print(
+        f"RPU baseline, 2 layers, batch {args.batch}, sequences of {SEQ}; ms per training step "
+        f"(1 torch + 1 numba thread); ensemble bound for R = {args.ensemble}"
+    )
+    head = ["shape", "torch", "rpusim RPU", "update", "reads' matmuls", "rest"]
+    head += ["R-ensemble per replica >=", "speed-up <="]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for hidden in args.hidden:
+        p = profile(hidden, args.batch, args.ensemble, args.repeats)
+        ms = {k: 1e3 * v for k, v in p.items()}
+        floor = ms["bmm_per_replica"] + ms["update"]
+        print(
+            f"| 2x{hidden} | {ms['torch']:.2f} | {ms['step']:.2f} ({p['torch'] / p['step']:.2f}x) "
+            f"| {ms['update']:.2f} | {ms['matmuls']:.2f} | {ms['rest']:.2f} "
+            f"| {floor:.2f} (bmm {ms['bmm_per_replica']:.2f} + update) "
+            f"| {ms['step'] / floor:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
