@@ -18,6 +18,7 @@ Two implementations give the same bits for the same generator state:
   multiply-adds, so the reference's ~20 tiny torch calls cost far more than the arithmetic; the
   twin does each side of the array (input: steps 1-2; output: steps 3-5) in one compiled loop,
   and keeps the array multiply and the random draws as the very same torch calls.
+* :mod:`rpusim.kernels.triton_periphery`: the GPU twin, the same split with Triton kernels.
 
 :func:`analog_mvm` picks one (``backend``); with an ideal periphery (every setting off) both
 reduce to one matrix product.
@@ -28,8 +29,9 @@ from __future__ import annotations
 import torch
 
 from rpusim.config import IOConfig
+from rpusim.kernels import triton_installed
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "torch", "triton")
 
 
 def converter_step(bits: int, bound: float) -> tuple[float, float]:
@@ -92,21 +94,37 @@ def analog_mvm(
     ``transposed=True`` for the backward read. Returns (batch, out) or (batch, in).
 
     ``backend``: ``"torch"`` (:func:`analog_mvm_reference`, any device), ``"numba"`` (the compiled
-    CPU twin; contiguous float32 CPU tensors, no autograd) or ``"auto"`` (one matmul if the
-    periphery is ideal, else the twin where it applies and the reference elsewhere, e.g. CUDA).
-    All give the same result, bit for bit, and leave ``generator`` in the same state.
+    CPU twin; contiguous float32 CPU tensors, no autograd), ``"triton"`` (the compiled GPU twin;
+    float32 CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``, no autograd) or
+    ``"auto"`` (one matmul if the periphery is ideal, else the twin where it applies: numba on
+    the CPU, triton on CUDA when triton is installed; the reference elsewhere). All give the
+    same result, bit for bit, and leave ``generator`` in the same state.
     """
     if backend == "auto":
         if is_ideal(io):
             return x @ (weights if transposed else weights.t())
-        backend = "numba" if _twin_applies(weights, x) else "torch"
+        if _twin_applies(weights, x):
+            backend = "numba"
+        elif _triton_applies(weights, x) and x.is_cuda and triton_installed():
+            backend = "triton"
+        else:
+            backend = "torch"
     elif backend == "numba" and not _twin_applies(weights, x):
         raise ValueError(
             "backend 'numba' needs contiguous float32 CPU tensors without autograd; "
             "use backend='torch' or 'auto'"
         )
+    elif backend == "triton" and not _triton_applies(weights, x):
+        raise ValueError(
+            "backend 'triton' needs float32 tensors on one device without autograd; "
+            "use backend='torch' or 'auto'"
+        )
     if backend == "numba":
         return _numba_twin()(weights, x, io, generator, transposed)
+    if backend == "triton":
+        from rpusim.kernels.triton_periphery import analog_mvm_triton
+
+        return analog_mvm_triton(weights, x, io, generator, transposed)
     if backend == "torch":
         return analog_mvm_reference(weights, x, io, generator, transposed)
     raise ValueError(f"backend {backend!r}: choose one of {BACKENDS}")
@@ -173,6 +191,17 @@ def _twin_applies(weights: torch.Tensor, x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weights.dtype == torch.float32
         and x.is_contiguous()
+        and not (x.requires_grad or weights.requires_grad)
+    )
+
+
+def _triton_applies(weights: torch.Tensor, x: torch.Tensor) -> bool:
+    """The Triton twin reads float32 memory (any layout of ``x``) on the weights' device and
+    makes no autograd graph."""
+    return (
+        x.device == weights.device
+        and x.dtype == torch.float32
+        and weights.dtype == torch.float32
         and not (x.requires_grad or weights.requires_grad)
     )
 

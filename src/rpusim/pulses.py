@@ -21,7 +21,8 @@ Three implementations share :func:`pulse_scales`:
   same ``key`` the two give the same weights bit for bit.
 * :func:`pulsed_update_one_by_one`: slow, literal section 3.4 (one coincidence at a time, fresh
   noise and a clip after each); the tests show the aggregated step matches it statistically.
-* :func:`pulsed_update`: the dispatcher used by tiles (numba on CPU, the reference elsewhere).
+* :func:`pulsed_update`: the dispatcher used by tiles (numba on CPU, Triton on CUDA where it is
+  installed (:mod:`rpusim.kernels.triton_update`), the reference elsewhere).
 
 Aggregating ``n`` coincidences into one step is exact in distribution for the constant-step
 device as long as no single noisy step changes sign (``dw_min_std * xi < -1``, probability
@@ -39,8 +40,9 @@ import torch
 from rpusim import rng
 from rpusim.config import UpdateConfig
 from rpusim.devices import DeviceArrays
+from rpusim.kernels import triton_installed
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "torch", "triton")
 
 
 @lru_cache(maxsize=1)
@@ -234,16 +236,25 @@ def pulsed_update(
     """The pulsed update, on the fastest implementation that gives the reference's bits.
 
     Same arguments as :func:`pulsed_update_reference`, plus ``backend``: ``"numba"`` (compiled
-    CPU twin), ``"torch"`` (the reference; used for CUDA tensors until a GPU twin exists) or
-    ``"auto"`` (numba for CPU tensors, torch otherwise). Every backend gives the same result
-    for the same ``key``.
+    CPU twin), ``"triton"`` (compiled GPU twin; CUDA tensors, or CPU tensors under
+    ``TRITON_INTERPRET=1``), ``"torch"`` (the reference) or ``"auto"`` (numba for CPU tensors,
+    triton for CUDA tensors when triton is installed, torch otherwise). Every backend gives the
+    same result for the same ``key``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: choose one of {BACKENDS}")
     if backend == "auto":
-        backend = "numba" if w.device.type == "cpu" else "torch"
+        if w.device.type == "cpu":
+            backend = "numba"
+        else:
+            backend = "triton" if w.device.type == "cuda" and triton_installed() else "torch"
     if backend == "torch":
         pulsed_update_reference(w, x, d, lr, dev, cfg, dw_min, key)
+        return
+    if backend == "triton":
+        from rpusim.kernels.triton_update import pulsed_update_triton
+
+        pulsed_update_triton(w, x, d, lr, dev, cfg, dw_min, key)
         return
     if w.device.type != "cpu":
         raise ValueError("backend 'numba' needs CPU tensors; use backend='torch' or 'auto'")

@@ -1,0 +1,271 @@
+"""Triton twin of :func:`rpusim.pulses.pulsed_update_reference`: the same weights, bit for bit.
+
+The GPU counterpart of :mod:`rpusim.kernels.numba_update`, in two passes per chunk of pairs:
+
+* pass 1 (:func:`_fire_words_kernel`), parallel over pairs and lines: each line's ``BL`` slot
+  bits are packed into one ``uint64`` word (``BL <= 64``), once for the columns (``x``, ``A``)
+  and once for the rows (``d``, ``B``). The count of device ``ij`` in pair ``k`` is
+  ``popcount(row_word[k, j] & col_word[k, i])``: the slots in which both its lines fired.
+* pass 2 (:func:`_apply_kernel`), parallel over tiles of devices: devices are independent and
+  each sees the pairs in order ``k = 0 .. K-1``, so a program holds its tile of weights, steps
+  and bounds in registers and loops over the chunk's pairs, reading only two words and two
+  signs per line and pair. A pair in which no row (or no column) of the tile fired, as for most
+  pairs of the small errors of a trained network, costs two loads and two reductions.
+
+Pairs are processed in chunks of at most ``CHUNK``, so the scratch memory is
+``CHUNK * (in + out)`` words whatever ``K``: never a ``(K, out, in)`` or ``(K, BL, in)`` array.
+
+Exactness, as in the numba twin:
+
+* every random number is :func:`rpusim.rng.mix32` at the reference's indices. Here in
+  ``uint32`` arithmetic, which wraps modulo ``2**32`` exactly where the reference masks its
+  int64 products with ``& MASK32``, and whose ``>>`` is a logical shift;
+* ``sqrt(n)`` comes from the shared table (:func:`rpusim.pulses.sqrt_counts`), multiplied by the
+  spread on the host in the reference's float32 (``std * sqrt(n)`` for every possible ``n``);
+* the float32 arithmetic is the reference's, in its order (``(std * sqrt(n)) * z``, ``n + .``,
+  ``dw * .``, ``w + s * .``, clip), launched with :data:`IEEE_F32`: by default Triton contracts
+  ``a * b + c`` to one FMA, which rounds once instead of twice.
+
+The kernels are plain Triton: under ``TRITON_INTERPRET=1`` (set before triton is first
+imported) they run on CPU tensors through Triton's interpreter, which is how the test suite
+checks them on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+from rpusim import rng
+from rpusim.config import UpdateConfig
+from rpusim.devices import DeviceArrays
+from rpusim.pulses import _check, pulse_scales, sqrt_counts
+
+
+def _ieee_f32() -> dict[str, bool]:
+    """Launch options that keep Triton's float32 arithmetic IEEE, one rounding per operation as
+    in torch. Both defaults differ: ``a * b + c`` is contracted to one FMA (one rounding instead
+    of two), and libdevice functions flush subnormals to zero (``floor(-1e-40)`` would be ``-0``,
+    not ``-1``). The interpreter computes in numpy and ignores them.
+    """
+    options = {"enable_fp_fusion": False}
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:  # pragma: no cover - a Triton without its CUDA backend
+        return options
+    # A launch option the installed Triton does not know is an error: ask before passing it.
+    if "enable_reflect_ftz" in CUDAOptions.__dataclass_fields__:
+        options["enable_reflect_ftz"] = False
+    return options
+
+
+#: :func:`_ieee_f32`, passed to every launch (``tests/test_triton.py`` reads the PTX it gives).
+IEEE_F32 = _ieee_f32()
+
+#: Most pairs whose pulse words are held at once (bounds the scratch memory: 8 bytes per pair
+#: and line, 25 MB for 4096 pairs of a 512 x 257 array).
+CHUNK = 4096
+#: Lines per program of pass 1.
+BLOCK_LINES = 128
+#: Device tile of pass 2 (rows x columns). Smaller tiles give more programs (a 512 x 257 array
+#: has 288 tiles of 16 x 32, about two per SM of an H100/H200) but re-read each pair's words
+#: more often; ``scripts/gpu_check.py`` times alternatives.
+BLOCK_ROWS = 16
+BLOCK_COLS = 32
+
+
+@triton.jit
+def _mix32(h):
+    """:func:`rpusim.rng.mix32` on ``uint32`` values (multiplication wraps modulo ``2**32``)."""
+    h = h ^ (h >> 15)
+    h = h * 0x2C1B3C6D
+    h = h ^ (h >> 12)
+    h = h * 0x297A2D39
+    h = h ^ (h >> 15)
+    return h
+
+
+@triton.jit
+def _popcount64(v):
+    """Set bits of each ``uint64`` (SWAR, without the 64-bit multiply of the usual last step)."""
+    v = v - ((v >> 1) & 0x5555555555555555)
+    v = (v & 0x3333333333333333) + ((v >> 2) & 0x3333333333333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0F
+    v = v + (v >> 8)
+    v = v + (v >> 16)
+    v = v + (v >> 32)
+    return v & 0x7F
+
+
+@triton.jit
+def _fire_words_kernel(
+    v_ptr, scale_ptr, bl_ptr, base_ptr, line_seed_ptr, words_ptr, k0, n_lines,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: the packed pulse trains of one pair and a block of lines.
+
+    Program ``(kk, blk)`` handles pair ``k = k0 + kk`` and lines ``blk * BLOCK ..``: bit ``t``
+    of ``words[kk, l]`` is set when ``u(slot_seed[k, t], line_seed[l]) < min(1, scale[k]
+    |v[k, l]|)``, for ``t < bl[k]``. v: (K, n_lines) float32 (``x`` or ``d``); scale (K,)
+    float32 (``A`` or ``B``); bl (K,) int32; base: (1,) int64, the stream's seed; line_seed:
+    (n_lines,) int64; words: (chunk, n_lines) uint64, written.
+    """
+    kk = tl.program_id(0)
+    k = k0 + kk
+    lines = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = lines < n_lines
+    scale = tl.load(scale_ptr + k)
+    n_slots = tl.load(bl_ptr + k)
+    base = tl.load(base_ptr).to(tl.uint32)
+    v = tl.load(v_ptr + k.to(tl.int64) * n_lines + lines, mask=inside, other=0.0)
+    p = scale * tl.abs(v)
+    p = tl.where(p > 1.0, 1.0, p)  # the reference's clamp(max=1); NaN stays NaN (never fires)
+    line_seed = tl.load(line_seed_ptr + lines, mask=inside, other=0).to(tl.uint32)
+    word = tl.zeros((BLOCK,), tl.uint64)
+    one = tl.full((BLOCK,), 1, tl.uint64)
+    for t in range(n_slots):
+        slot_seed = _mix32(base ^ (k.to(tl.uint32) * 64 + tl.cast(t, tl.uint32)))
+        # The top 24 bits times 2**-24: a uniform in [0, 1), exact in float32.
+        u = (_mix32(slot_seed ^ line_seed) >> 8).to(tl.float32) * 5.9604644775390625e-08
+        word = word | tl.where(u < p, one << tl.cast(t, tl.uint64), 0)
+    tl.store(words_ptr + kk.to(tl.int64) * n_lines + lines, word, mask=inside)
+
+
+@triton.jit
+def _apply_kernel(
+    w_ptr, x_ptr, d_ptr, col_word_ptr, row_word_ptr,
+    dw_up_ptr, dw_down_ptr, w_min_ptr, w_max_ptr,
+    std_sqrt_ptr, table_ptr, c2c_base_ptr, c2c_col_seed_ptr,
+    k0, k1, n_out, n_in,
+    NOISY: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr,
+):  # fmt: skip
+    """Pass 2: apply the pairs ``k0 <= k < k1``, in order, to one tile of devices.
+
+    w, dw_up, dw_down, w_min, w_max: (out, in) float32, contiguous (``w`` updated in place);
+    x: (K, in), d: (K, out) float32; col_word: (chunk, in), row_word: (chunk, out) uint64 from
+    pass 1; std_sqrt: (65,) float32, ``std * sqrt(n)``; table: the normal table;
+    c2c_base: (1,) int64; c2c_col_seed: (in,) int64. ``NOISY``: cycle-to-cycle noise on.
+    """
+    rows = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_in, col_in = rows < n_out, cols < n_in
+    at = rows[:, None].to(tl.int64) * n_in + cols[None, :]
+    inside = row_in[:, None] & col_in[None, :]
+    w = tl.load(w_ptr + at, mask=inside, other=0.0)
+    dw_up = tl.load(dw_up_ptr + at, mask=inside, other=0.0)
+    dw_down = tl.load(dw_down_ptr + at, mask=inside, other=0.0)
+    w_min = tl.load(w_min_ptr + at, mask=inside, other=0.0)
+    w_max = tl.load(w_max_ptr + at, mask=inside, other=0.0)
+    c2c_base = tl.load(c2c_base_ptr).to(tl.uint32)
+    c2c_col_seed = tl.load(c2c_col_seed_ptr + cols, mask=col_in, other=0).to(tl.uint32)
+    for k in range(k0, k1):
+        kk = k - k0
+        row_word = tl.load(row_word_ptr + kk * n_out + rows, mask=row_in, other=0)
+        col_word = tl.load(col_word_ptr + kk * n_in + cols, mask=col_in, other=0)
+        # Skip the pair when no row or no column of the tile fired (no device has n > 0).
+        if (tl.max(row_word, axis=0) != 0) & (tl.max(col_word, axis=0) != 0):
+            d_k = tl.load(d_ptr + tl.cast(k, tl.int64) * n_out + rows, mask=row_in, other=0.0)
+            x_k = tl.load(x_ptr + tl.cast(k, tl.int64) * n_in + cols, mask=col_in, other=0.0)
+            count = _popcount64(row_word[:, None] & col_word[None, :])
+            hit = count != 0
+            n = count.to(tl.float32)
+            if NOISY:
+                dev_seed = _mix32(c2c_base ^ (tl.cast(k, tl.uint32) * n_out + rows.to(tl.uint32)))
+                h = _mix32(dev_seed[:, None] ^ c2c_col_seed[None, :])
+                z = tl.load(table_ptr + (h >> 16), mask=hit, other=0.0)
+                std_sqrt = tl.load(std_sqrt_ptr + count, mask=hit, other=0.0)
+                e = n + std_sqrt * z
+            else:
+                e = n  # n + (0 * sqrt(n)) * z is exactly n
+            # s = -sign(d) sign(x) > 0: potentiation, with this device's own up step. Both signs
+            # are nonzero wherever n > 0 (a zero x or d never fires).
+            up = (d_k > 0.0)[:, None] != (x_k > 0.0)[None, :]
+            dw = tl.where(up, dw_up, dw_down)
+            s = tl.where(up, 1.0, -1.0)
+            v = w + s * (dw * e)
+            v = tl.where(w_min > v, w_min, v)
+            v = tl.where(w_max < v, w_max, v)
+            # A device without a coincidence received no pulse pair: it is not touched.
+            w = tl.where(hit, v, w)
+    tl.store(w_ptr + at, w, mask=inside)
+
+
+def interpreted() -> bool:
+    """True when the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return isinstance(_apply_kernel, InterpretedFunction)
+
+
+@torch.no_grad()
+def pulsed_update_triton(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    d: torch.Tensor,
+    lr: float,
+    dev: DeviceArrays,
+    cfg: UpdateConfig,
+    dw_min: float,
+    key: int,
+    block_rows: int = BLOCK_ROWS,
+    block_cols: int = BLOCK_COLS,
+) -> None:
+    """Same contract and same result as :func:`rpusim.pulses.pulsed_update_reference`.
+
+    ``w`` ``(out, in)``, ``x`` ``(K, in)``, ``d`` ``(K, out)``: float32 CUDA tensors (CPU tensors
+    under the interpreter); ``w`` is updated in place. ``block_rows`` x ``block_cols``: the
+    device tile of pass 2 (powers of 2); the result does not depend on it.
+    """
+    _check(w, x, d, dev, key)
+    on = w.device
+    if on.type == "cpu" and not interpreted():
+        raise ValueError("the Triton update needs CUDA tensors (or TRITON_INTERPRET=1)")
+    n_out, n_in = w.shape
+    n_pairs = x.shape[0]
+    if n_pairs == 0:
+        return
+    a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)
+    a, b, bl = a.to(on), b.to(on), bl.to(on, torch.int32)
+    x_c, d_c = x.detach().contiguous(), d.detach().contiguous()
+    w_c = w if w.is_contiguous() else w.contiguous()
+    dw_up, dw_down = dev.dw_up.contiguous(), dev.dw_down.contiguous()
+    w_min, w_max = dev.w_min.contiguous(), dev.w_max.contiguous()
+
+    col_base = rng.stream_base(key, rng.STREAM_COL)
+    row_base = rng.stream_base(key, rng.STREAM_ROW)
+    c2c_base = rng.stream_base(key, rng.STREAM_C2C)
+    bases = torch.tensor([col_base, row_base, c2c_base], dtype=torch.int64, device=on)
+    col_seed = rng.line_seeds(col_base, n_in, on)
+    row_seed = rng.line_seeds(row_base, n_out, on)
+    c2c_col_seed = rng.line_seeds(c2c_base, n_in, on)
+    table = rng.normal_table(str(on))
+    # std * sqrt(n) for every possible count, the reference's float32 product (on the host).
+    c2c_std = torch.tensor(dev.dw_min_std, dtype=torch.float32)
+    std_sqrt = (c2c_std * sqrt_counts()).to(on)
+    noisy = dev.dw_min_std != 0.0
+
+    chunk = min(CHUNK, n_pairs)
+    col_word = torch.empty((chunk, n_in), dtype=torch.uint64, device=on)
+    row_word = torch.empty((chunk, n_out), dtype=torch.uint64, device=on)
+    tiles = (triton.cdiv(n_out, block_rows), triton.cdiv(n_in, block_cols))
+    for k0 in range(0, n_pairs, chunk):
+        k1 = min(n_pairs, k0 + chunk)
+        for v, scale, base, seed, words in (
+            (x_c, a, bases[0:1], col_seed, col_word),
+            (d_c, b, bases[1:2], row_seed, row_word),
+        ):
+            grid = (k1 - k0, triton.cdiv(v.shape[1], BLOCK_LINES))
+            _fire_words_kernel[grid](
+                v, scale, bl, base, seed, words, k0, v.shape[1],
+                BLOCK=BLOCK_LINES, **IEEE_F32,
+            )  # fmt: skip
+        _apply_kernel[tiles](
+            w_c, x_c, d_c, col_word, row_word, dw_up, dw_down, w_min, w_max,
+            std_sqrt, table, bases[2:3], c2c_col_seed, k0, k1, n_out, n_in,
+            NOISY=noisy, BLOCK_J=block_rows, BLOCK_I=block_cols, **IEEE_F32,
+        )  # fmt: skip
+    if w_c is not w:
+        w.copy_(w_c)
+
+
+__all__ = ["interpreted", "pulsed_update_triton"]

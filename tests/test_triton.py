@@ -1,0 +1,335 @@
+"""The Triton twins give the torch references' bits, checked without a GPU.
+
+The kernels run on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``), which
+executes them in numpy: same indices, same hashes, same float32 operations one by one. What the
+interpreter cannot show is what the GPU compiler makes of that arithmetic (FMA contraction,
+approximate division, subnormals flushed to zero): the last test compiles the kernels to PTX for
+a CUDA target, which needs no GPU, and reads the float instructions. ``scripts/gpu_check.py``
+runs the compiled kernels on a GPU.
+
+Triton picks the interpreter when a function is decorated with ``@triton.jit``, i.e. when
+``triton.language`` itself and the twins are imported, and for good: one process cannot hold
+both kinds. So a plain ``pytest`` run of this file has one test that runs the file again in a
+fresh process with the variable set, where the twin tests run (``TRITON_INTERPRET=1 pytest
+tests/test_triton.py`` runs them directly); other tests of the session never see an
+interpreted Triton.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from rpusim.config import DeviceConfig, IOConfig, UpdateConfig
+from rpusim.devices import constant_step
+from rpusim.periphery import analog_mvm
+from rpusim.pulses import pulsed_update, pulsed_update_reference
+
+#: This process runs Triton's interpreter (the variable is read as triton reads it).
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes", "y")
+
+pytest.importorskip("triton")
+
+if not INTERPRETED:
+
+    def test_twins_in_the_interpreter():
+        """This file again, in a fresh process under ``TRITON_INTERPRET=1``: the twin tests."""
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            args, capture_output=True, text=True, env=env, cwd=root, timeout=600
+        )
+        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+        passed = re.search(r"(\d+) passed", result.stdout)
+        assert passed and int(passed[1]) >= 15, result.stdout[-2000:]
+
+
+def interpreted(test):
+    """Collect ``test`` only in the interpreted process (pytest leaves out ``__test__ = False``)."""
+    test.__test__ = INTERPRETED
+    return test
+
+
+@pytest.fixture(scope="module")
+def twins():
+    """The twin modules (kernels interpreted), on one torch thread."""
+    from rpusim.kernels import triton_periphery, triton_update
+
+    assert triton_update.interpreted() and triton_periphery.interpreted()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield triton_update, triton_periphery
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------
+# The pulsed update
+# ------------------------------------------------------------------------------------------------
+
+NO_UM = {"update_management": False}
+UPDATE_CASES = {
+    # name: (K, out, in, lr, update cfg kwargs, device overrides, (block_rows, block_cols))
+    "tiny": (3, 1, 1, 0.05, {}, {}, None),
+    "um_bl10": (7, 5, 3, 0.05, {}, {}, None),
+    "no_um_7x5": (12, 7, 5, 0.05, NO_UM, {}, (4, 2)),
+    "bl_management_13x11": (20, 13, 11, 0.02, {"bl_management": True, "bl": 31}, {}, (8, 4)),
+    "bl_mgmt_no_um": (20, 9, 13, 0.02, {**NO_UM, "bl_management": True}, {}, None),
+    "bl_64_two_tiles_wide": (6, 5, 40, 0.05, {"bl": 64}, {}, None),
+    "bounds_reached": (20, 11, 9, 2.0, {"bl": 20}, {"dw_min": 0.05}, (4, 4)),
+    "capped_probabilities": (10, 8, 6, 5.0, NO_UM, {}, None),
+    "no_c2c_noise": (15, 8, 6, 0.1, {}, {"dw_min_std": 0.0}, None),
+    "asymmetric_unbounded": (15, 8, 11, 0.1, {"bl": 1}, {"up_down": 0.3, "w_max": None}, None),
+}
+
+
+def _update_case(name: str):
+    n_pairs, n_out, n_in, lr, upd, dev_kw, _ = UPDATE_CASES[name]
+    gen = torch.Generator().manual_seed(len(name))
+    # The default device has device-to-device spread of steps, bounds and asymmetry.
+    dev = constant_step(DeviceConfig(**dev_kw), n_out, n_in, torch.Generator().manual_seed(3))
+    x = torch.randn(n_pairs, n_in, generator=gen)
+    d = 0.5 * torch.randn(n_pairs, n_out, generator=gen)
+    # Zero lines and whole zero pairs: no pulses there.
+    x[:, :: max(2, n_in // 3)] = 0.0
+    d[:, 1::4] = 0.0
+    x[n_pairs // 2] = 0.0
+    d[-1] = 0.0
+    w0 = (0.5 if name == "bounds_reached" else 0.1) * torch.randn(n_out, n_in, generator=gen)
+    return w0, x, d, lr, dev, UpdateConfig(**upd), DeviceConfig(**dev_kw).dw_min
+
+
+@interpreted
+@pytest.mark.parametrize("case", sorted(UPDATE_CASES))
+def test_update_twin_matches_reference_bit_for_bit(case, twins):
+    update, _ = twins
+    w0, x, d, lr, dev, cfg, dw_min = _update_case(case)
+    w_ref, w_twin = w0.clone(), w0.clone()
+    pulsed_update_reference(w_ref, x, d, lr, dev, cfg, dw_min, key=12345)
+    tiles = UPDATE_CASES[case][-1]
+    if tiles is None:
+        pulsed_update(w_twin, x, d, lr, dev, cfg, dw_min, key=12345, backend="triton")
+    else:  # several tiles, with partial ones at the edges
+        update.pulsed_update_triton(w_twin, x, d, lr, dev, cfg, dw_min, 12345, *tiles)
+    assert torch.equal(w_ref, w_twin)
+    if w0.numel() > 1:
+        assert not torch.equal(w_ref, w0)  # the case did update something
+    if case == "bounds_reached":
+        assert ((w_ref == dev.w_max) | (w_ref == dev.w_min)).float().mean() > 0.2
+
+
+@interpreted
+def test_update_twin_over_chunks_and_strided_weights(twins, monkeypatch):
+    """Pairs split over several chunks, and a transposed view of ``w``: the same bits."""
+    update, _ = twins
+    w0, x, d, lr, dev, cfg, dw_min = _update_case("bl_management_13x11")
+    w_ref = w0.clone()
+    pulsed_update_reference(w_ref, x, d, lr, dev, cfg, dw_min, key=7)
+    monkeypatch.setattr(update, "CHUNK", 6)
+    w_view = w0.t().contiguous().t()
+    update.pulsed_update_triton(w_view, x, d, lr, dev, cfg, dw_min, 7)
+    assert not w_view.is_contiguous() and torch.equal(w_ref, w_view)
+
+
+# ------------------------------------------------------------------------------------------------
+# The periphery
+# ------------------------------------------------------------------------------------------------
+
+
+def _random_io(rng: random.Random) -> IOConfig:
+    inp_bits = rng.choice([None, 3, 5, 7])
+    out_bits = rng.choice([None, 4, 9])
+    return IOConfig(
+        inp_bits=inp_bits,
+        out_bits=out_bits,
+        inp_bound=rng.choice([1.0, 0.7]) if inp_bits else rng.choice([None, 1.0, 0.7]),
+        out_bound=rng.choice([12.0, 2.0, 0.7]) if out_bits else rng.choice([None, 12.0, 2.0]),
+        out_noise=rng.choice([0.0, 0.06, 0.5]),
+        inp_sto_round=rng.random() < 0.5,
+        noise_management=rng.choice(["abs_max", "none"]),
+        bound_management=rng.choice(["iterative", "none"]),
+        max_bm_factor=rng.choice([1024, 4, 1]),
+    )
+
+
+def _both(weights, x, io, transposed, seed=11, reads=2):
+    """``reads`` reads in a row by each backend, each from its own generator seeded alike."""
+    out = []
+    for backend in ("torch", "triton"):
+        gen = torch.Generator().manual_seed(seed)
+        ys = [analog_mvm(weights, x, io, gen, transposed, backend=backend) for _ in range(reads)]
+        out.append((ys, gen.get_state()))
+    return out
+
+
+def _assert_same(ref, twin, equal_nan=False):
+    (ys_ref, state_ref), (ys_twin, state_twin) = ref, twin
+    for y_ref, y_twin in zip(ys_ref, ys_twin, strict=True):
+        assert y_ref.shape == y_twin.shape and y_ref.dtype == y_twin.dtype
+        if equal_nan:
+            torch.testing.assert_close(y_twin, y_ref, rtol=0, atol=0, equal_nan=True)
+        else:
+            assert torch.equal(y_ref, y_twin), (y_ref - y_twin).abs().max()
+    assert torch.equal(state_ref, state_twin), "the twin drew different random numbers"
+
+
+@interpreted
+@pytest.mark.parametrize("batch", [1, 7])
+def test_periphery_twin_over_random_configs(batch, twins, monkeypatch):
+    _, periphery = twins
+    rereads = []
+    read = periphery._read
+    monkeypatch.setattr(periphery, "_read", lambda *a: rereads.append(a[6] is not None) or read(*a))
+    rng = random.Random(batch)
+    gen = torch.Generator().manual_seed(batch)
+    for case in range(40):
+        io = _random_io(rng)
+        out_size, in_size = rng.choice([(24, 40), (5, 3), (13, 11), (7, 5)])
+        weights = (torch.rand(out_size, in_size, generator=gen) - 0.5) * 1.2
+        transposed = case % 2 == 1
+        x = torch.randn(batch, out_size if transposed else in_size, generator=gen)
+        x *= rng.choice([0.01, 1.0, 30.0])  # some far beyond the DAC range
+        if rng.random() < 0.3:
+            x[rng.randrange(batch)] = 0.0  # an all-zero row: alpha = 0
+        _assert_same(*_both(weights, x, io, transposed, seed=case))
+    assert sum(rereads) >= 5, "too few cases exercised bound management"
+
+
+@interpreted
+def test_periphery_twin_every_switch_combination(twins):
+    """Each on/off combination of bits, stochastic rounding, NM, BM and noise, both directions."""
+    gen = torch.Generator().manual_seed(3)
+    weights = (torch.rand(6, 9, generator=gen) - 0.5) * 1.2
+    for inp_bits, sto, nm, bm, noise, transposed in itertools.product(
+        [None, 6], [False, True], ["abs_max", "none"], ["iterative", "none"], [0.0, 0.1], [0, 1]
+    ):
+        io = IOConfig(
+            inp_bits=inp_bits,
+            inp_sto_round=sto,
+            noise_management=nm,
+            bound_management=bm,
+            out_noise=noise,
+            out_bound=3.0,
+        )
+        x = torch.randn(4, 6 if transposed else 9, generator=gen) * 5
+        x[2] = 0.0
+        _assert_same(*_both(weights, x, io, bool(transposed), reads=1))
+
+
+@interpreted
+def test_periphery_twin_bound_management_to_its_limit(twins):
+    """Rows that still saturate at ``max_bm_factor`` keep their last read, as in the reference."""
+    weights = torch.full((6, 20), 0.5)
+    x = torch.ones(3, 20)
+    x[1] *= 1e-3  # with NM off, this row does not saturate
+    for nm, limit in itertools.product(["abs_max", "none"], [1, 2, 8, 1024]):
+        io = IOConfig(noise_management=nm, max_bm_factor=limit, out_bound=0.1, inp_bits=None)
+        _assert_same(*_both(weights, x, io, transposed=False, reads=2))
+
+
+@interpreted
+def test_converter_rounding_is_torch_round(twins):
+    """The ADC rounds half to even and keeps the sign of zero: on ties, next to ties, on small
+    negatives (``-0.3 -> -0.0``), subnormals and values with few fraction bits."""
+    io = IOConfig(
+        noise_management="none",
+        inp_bits=None,
+        inp_bound=None,
+        out_noise=0.0,
+        out_bound=2.0**23 - 1,
+        out_bits=24,  # step 1, and every float32 below 2**23 in range
+        bound_management="none",
+    )
+    ties = torch.arange(-8.0, 8.0) + 0.5
+    near = torch.cat([ties, torch.nextafter(ties, ties + 1), torch.nextafter(ties, ties - 1)])
+    small = torch.tensor([-0.3, -0.5, 0.5, -0.0, 0.0, -1e-40, 1e-40, -0.5 + 2.0**-25, 1.0])
+    wide = torch.randn(100, generator=torch.Generator().manual_seed(0)) * 1e6
+    x = torch.cat([near, small, wide, -wide])[None, :]
+    (ys_ref, _), (ys_twin, _) = _both(torch.eye(x.shape[1]), x, io, False, reads=1)
+    assert torch.equal(ys_ref[0], ys_twin[0])
+    assert torch.equal(torch.signbit(ys_ref[0]), torch.signbit(ys_twin[0]))
+
+
+@interpreted
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_periphery_twin_non_finite_inputs(twins):
+    """A diverged network's NaN/inf inputs give the reference's NaN/inf, row by row."""
+    rng = random.Random(5)
+    gen = torch.Generator().manual_seed(5)
+    weights = torch.randn(9, 6, generator=gen) * 0.3
+    x = torch.randn(4, 6, generator=gen)
+    x[0, 2], x[1, 0], x[2, 5] = float("nan"), float("inf"), -float("inf")
+    for case in range(12):
+        _assert_same(*_both(weights, x, _random_io(rng), False, case), equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# What the GPU compiler makes of the arithmetic
+# ------------------------------------------------------------------------------------------------
+
+_COMPILE = textwrap.dedent(
+    """
+    import json, re
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from rpusim.kernels import triton_periphery as tp, triton_update as tu
+
+    F, I64 = "*fp32", "*i64"
+    KERNELS = [
+        (tu._fire_words_kernel, dict(BLOCK=128), dict(
+            v_ptr=F, scale_ptr=F, bl_ptr="*i32", base_ptr=I64, line_seed_ptr=I64,
+            words_ptr="*u64", k0="i32", n_lines="i32")),
+        (tu._apply_kernel, dict(NOISY=True, BLOCK_J=16, BLOCK_I=32), dict(
+            w_ptr=F, x_ptr=F, d_ptr=F, col_word_ptr="*u64", row_word_ptr="*u64", dw_up_ptr=F,
+            dw_down_ptr=F, w_min_ptr=F, w_max_ptr=F, std_sqrt_ptr=F, table_ptr=F,
+            c2c_base_ptr=I64, c2c_col_seed_ptr=I64, k0="i32", k1="i32", n_out="i32",
+            n_in="i32")),
+    ]
+    for reread, sto in ((False, False), (True, True)):
+        KERNELS.append((tp._input_side, dict(
+            NM=True, REREAD=reread, CLIP=True, QUANT=True, STO=sto, BLOCK=512), dict(
+            x_ptr=F, rows_ptr=I64, alpha_ptr=F, u_ptr=F, x_q_ptr=F, n="i32", factor="fp32",
+            bound="fp32", per_step="fp32", step="fp32")))
+    KERNELS.append((tp._output_side, dict(
+        NM=True, REREAD=True, NOISE=True, CLIP=True, QUANT=True, BLOCK=512), dict(
+        z_ptr=F, rows_ptr=I64, noise_ptr=F, alpha_ptr=F, y_ptr=F, sat_ptr="*i32", m="i32",
+        factor="fp32", sigma="fp32", bound="fp32", per_step="fp32", step="fp32")))
+    found = {}
+    for fn, constexprs, types in KERNELS:
+        sig = {n: "constexpr" if n in constexprs else types[n] for n in fn.arg_names}
+        src = ASTSource(fn, sig, constexprs=constexprs)
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=tu.IEEE_F32).asm["ptx"]
+        ops = set(re.findall(r"\\b((?:fma|mad|div|add|sub|mul|cvt|abs|max|min)[.a-z0-9]*f32)", ptx))
+        found[fn.__name__] = sorted(ops)
+    print(json.dumps(found))
+    """
+)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="runs in the compiled-mode session")
+def test_compiled_kernels_round_as_ieee_float32():
+    """Compiled for a CUDA GPU (sm_90; no GPU needed), every float32 operation of the kernels
+    rounds once, to nearest: no fused multiply-add, no approximate division, no flush to zero."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=300
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot compile for a CUDA target here: {result.stderr[-500:]}")
+    found = json.loads(result.stdout.splitlines()[-1])
+    for name, ops in found.items():
+        bad = [op for op in ops if op.startswith(("fma", "mad")) or ".ftz" in op or ".full" in op]
+        bad += [op for op in ops if op.startswith(("add", "sub", "mul", "div")) and ".rn" not in op]
+        assert not bad, f"{name}: {bad}"
+    assert "div.rn.f32" in found["_input_side"]  # noise management divides, exactly
+    assert "cvt.rmi.f32.f32" in found["_output_side"]  # floor, subnormals kept
