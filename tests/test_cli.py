@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from rpusim.cli import main
+from rpusim.config import RunConfig
 from rpusim.train import load_checkpoint, read_metrics
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -253,3 +254,37 @@ def test_demo_prints_both_runs_and_plots_their_curves(tmp_path, capsys):
         rows = read_metrics(tmp_path / run / "metrics.csv")
         assert rows[-1]["chars"] == 10_000
     assert_one_line_error(*run_cli(["demo", "--minutes", "-1"], capsys)[::2], "--minutes")
+
+
+def test_config_prints_a_resolved_config_that_trains_as_given(tmp_path, capsys):
+    rc, out, _ = run_cli(["config", "--set", "rpu=ideal", "--set", "train.lr=5"], capsys)
+    assert rc == 0
+    path = tmp_path / "run.yaml"
+    path.write_text(out)
+    cfg = RunConfig.from_yaml(path)
+    assert cfg == RunConfig.from_dict({"rpu": "ideal", "train": {"lr": 5.0}})
+    rc, again, _ = run_cli(["config", "--config", str(path)], capsys)
+    assert (rc, again) == (0, out)
+    rc, _, err = run_cli(["config", "--set", "train.lrr=3"], capsys)
+    assert_one_line_error(rc, err, "train.lrr: unknown key; did you mean 'lr'?")
+
+
+def test_config_keys_lists_every_leaf_and_docs_config_md_is_its_table(capsys):
+    rc, out, _ = run_cli(["config", "--keys"], capsys)
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    keys = [row.split("`")[1] for row in rows]
+    assert len(keys) == len(set(keys)) and {"train.device", "rpu.device.dw_min"} <= set(keys)
+    leaves = []
+
+    def walk(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                leaves.append(prefix + key)
+
+    walk(RunConfig().to_dict())
+    assert keys == leaves  # every leaf of the config, in its order
+    assert all(row.count("|") == 5 for row in rows)  # no stray pipes in a cell
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    assert out.strip() in doc, "docs/config.md is stale: regenerate it with rpusim config --keys"

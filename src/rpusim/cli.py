@@ -90,6 +90,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser(
+        "config",
+        help="print a fully resolved run config, or every config key with its default",
+        description="Print the run config that 'rpusim train' would use (YAML, every key: save "
+        "it and edit it), or with --keys a table of every dotted key, its type, default and "
+        "meaning. Checks the config on the way: an unknown key or bad value fails in one line.",
+    )
+    p.add_argument("--config", type=Path, help="run config YAML (default: all defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted key (repeatable)",
+    )
+    p.add_argument("--keys", action="store_true", help="list every key instead (Markdown table)")
+    p.set_defaults(func=_cmd_config)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rpusim.config import config_keys
+
+    if args.keys:
+        print("| key | type | default | meaning |")
+        print("|---|---|---|---|")
+        for row in config_keys():
+            print(f"| `{row['key']}` | {row['type']} | `{row['default']}` | {row['description']} |")
+        return EXIT_OK
+    if args.config is not None:
+        cfg = RunConfig.from_yaml(args.config, args.overrides)
+    else:
+        cfg = RunConfig.from_dict({}, args.overrides)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # sample
 # ---------------------------------------------------------------------------------------------
 
@@ -343,6 +388,7 @@ def _bench(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable] = {
     "train": _add_train,
     "sample": _add_sample,
+    "config": _add_config,
     "demo": _add_demo,
     "sweep": add_sweep_parser,
     "report": add_report_parser,

@@ -36,7 +36,7 @@ class _Section(BaseModel):
 class DeviceConfig(_Section):
     """A resistive cross-point device. ``kind`` selects the device model (see ``devices.py``)."""
 
-    kind: Literal["constant_step"] = "constant_step"
+    kind: Literal["constant_step"] = Field("constant_step", description="the device model")
     dw_min: float = Field(0.001, gt=0, description="mean weight step per coincidence")
     dw_min_dtod: float = Field(0.3, ge=0, description="device-to-device spread of the step")
     dw_min_std: float = Field(0.3, ge=0, description="cycle-to-cycle spread of each step")
@@ -68,8 +68,14 @@ class IOConfig(_Section):
     out_bound: float | None = Field(12.0, gt=0, description="ADC output range (null: no clip)")
     out_noise: float = Field(0.06, ge=0, description="output noise std, in weight units")
     inp_sto_round: bool = Field(False, description="stochastic rounding in the DAC")
-    noise_management: Literal["abs_max", "none"] = "abs_max"
-    bound_management: Literal["iterative", "none"] = "iterative"
+    noise_management: Literal["abs_max", "none"] = Field(
+        "abs_max",
+        description="scale each input vector by its largest absolute value before the DAC",
+    )
+    bound_management: Literal["iterative", "none"] = Field(
+        "iterative",
+        description="read saturated rows again with the input halved, up to max_bm_factor",
+    )
     max_bm_factor: int = Field(1024, ge=1, description="largest input down-scaling of bound mgmt")
 
     @model_validator(mode="after")
@@ -84,7 +90,9 @@ class IOConfig(_Section):
 class BackwardIOConfig(IOConfig):
     """Backward periphery. Bound management is off by default here [choice, as aihwkit]."""
 
-    bound_management: Literal["iterative", "none"] = "none"
+    bound_management: Literal["iterative", "none"] = Field(
+        "none", description="read saturated rows again with the input halved, up to max_bm_factor"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,10 +103,16 @@ class BackwardIOConfig(IOConfig):
 class UpdateConfig(_Section):
     """How ``W <- W - lr * d^T x`` reaches the devices."""
 
-    mode: Literal["pulsed", "float"] = "pulsed"
+    mode: Literal["pulsed", "float"] = Field(
+        "pulsed", description="pulsed: stochastic pulse coincidences; float: exact SGD step"
+    )
     bl: int = Field(10, ge=1, le=64, description="pulse train length (BL_max with bl_management)")
-    update_management: bool = True
-    bl_management: bool = False
+    update_management: bool = Field(
+        True, description="balance the pulse probabilities of x and d (same expected update)"
+    )
+    bl_management: bool = Field(
+        False, description="shorten the pulse train of pairs that need few coincidences"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +461,36 @@ class RunConfig(_Section):
     def override(self, changes: list[str] | tuple[str, ...]) -> RunConfig:
         """A copy with ``key=value`` overrides applied (``["train.lr=0.5"]``)."""
         return type(self).from_dict(self.to_dict(), changes)
+
+
+def config_keys(section: type[BaseModel] = None, prefix: str = "") -> list[dict[str, str]]:
+    """Every leaf of a config tree (default: :class:`RunConfig`) with its dotted ``key``, its
+    ``type`` (choices for a fixed set), its ``default`` (as YAML writes it) and ``description``.
+
+    The ``rpu`` defaults are those of the ``rpu_baseline`` preset.
+    """
+    section = RunConfig if section is None else section
+    rows = []
+    for name, field in section.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            rows += config_keys(kind, f"{prefix}{name}.")
+            continue
+        text = kind.__name__ if isinstance(kind, type) else str(kind)
+        if getattr(kind, "__origin__", None) is Literal:
+            text = "one of " + ", ".join(map(str, kind.__args__))
+        text = text.replace(" | None", " or null").replace("typing.", "")
+        default = yaml.safe_dump(field.default, default_flow_style=True).strip()
+        default = default.removesuffix("...").strip()
+        rows.append(
+            {
+                "key": prefix + name,
+                "type": text,
+                "default": default,
+                "description": field.description or "",
+            }
+        )
+    return rows
 
 
 def _resolve_rpu(value: Any) -> dict[str, Any]:
