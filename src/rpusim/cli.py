@@ -1,9 +1,11 @@
-"""The ``rpusim`` command line: ``train``, ``sample``, ``demo`` (more verbs plug into COMMANDS).
+"""The ``rpusim`` command line: ``train``, ``sample``, ``config``, ``demo`` (``sweep``, ``report``
+and ``bench`` plug into COMMANDS from their modules).
 
     rpusim train --config experiments/lstm2-64wp-rpu.yaml --set train.lr=0.5 --out runs/x
     rpusim train --out runs/x --resume                 # continue (config from runs/x)
     rpusim sample runs/x --chars 500 --temperature 0.8 --prime "The "
     rpusim demo --out runs/demo --minutes 5
+    rpusim config --set rpu.device.up_down=0.02 > run.yaml   # a complete config to edit
 
 Every refused input (config, data, run folder, checkpoint) prints one line
 ``rpusim: error: ...`` on stderr and exits with status 2; a diverged run exits with status 1.
