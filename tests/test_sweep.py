@@ -314,7 +314,10 @@ def test_bits_threshold_and_train_test_figure(tmp_path, corpus):
                 },
             },
             "seeds": [0, 1],
-            "variants": {"fp": {"rpu": "ideal"}},
+            "variants": {
+                "fp": {"rpu": "ideal"},
+                "no_dac": {"rpu.forward.inp_bits": None, "rpu.backward.inp_bits": None},
+            },
         },
     )
     out = tmp_path / "out"
@@ -322,6 +325,8 @@ def test_bits_threshold_and_train_test_figure(tmp_path, corpus):
         bits, sto = p.axes.get("inp_bits", 24), p.axes.get("inp_sto_round", False)
         enough = 5 if sto else 7
         test = 1.5 + (0.01 if bits >= enough else 0.3) + 0.01 * p.seed
+        if p.variant == "no_dac":
+            test = 1.2  # far better than any DAC: no bit count comes within 0.05 of it
         fake_run(out / p.name, p.config, test)
     rows = sweep(exp, out, workers=1, log=None)  # everything is finished: nothing runs
     assert {r["status"] for r in rows} == {"finished"}
@@ -335,8 +340,18 @@ def test_bits_threshold_and_train_test_figure(tmp_path, corpus):
         "deterministic rounding": (9, 7),
         "stochastic rounding": (9, 5),
     }
+    assert {t["mode"]: (t["nodac_label"], t["bits_vs_nodac"]) for t in thresh} == {
+        "deterministic rounding": ("no_dac", None),
+        "stochastic rounding": ("no_dac", None),
+    }
     text = report(out, tolerance=0.05).read_text()
     assert "| deterministic rounding | 7 |" in text and "| stochastic rounding | 5 |" in text
+    assert "smallest bits (vs no DAC)" in text and "`no_dac` (1.5333)" in text  # 1.2 + 1/3
+    thresh = bits_threshold(load_sweep(out), tolerance=0.4)  # 0.32 above no DAC from 7 / 5 bits
+    assert {t["mode"]: t["bits_vs_nodac"] for t in thresh} == {
+        "deterministic rounding": 7,
+        "stochastic rounding": 5,
+    }
     assert is_png(out / "figures" / "final_inp_bits.png")
 
 

@@ -139,6 +139,19 @@ class Sweep:
                 return g
         return variants[0] if variants else None
 
+    def no_dac(self) -> Group | None:
+        """The RPU reference without input quantization: a variant with the pulsed update and
+        no DAC (``inp_bits: null``) in both directions, if the sweep has one."""
+        for g in self.variant_groups:
+            rpu = self.config_of(g).get("rpu", {})
+            if (
+                rpu.get("update", {}).get("mode") == "pulsed"
+                and rpu.get("forward", {}).get("inp_bits", 0) is None
+                and rpu.get("backward", {}).get("inp_bits", 0) is None
+            ):
+                return g
+        return None
+
     def config_of(self, group: Group) -> dict[str, Any]:
         names = {r.name for r in group.runs}
         for p in self.doc.get("points", []):
@@ -479,6 +492,8 @@ def bits_threshold(sw: Sweep, tolerance: float) -> list[dict[str, Any]] | None:
         return None
     ref_loss = ref.stat("final_test_loss")[0]
     rnd = next((a for a in sw.axes if ROUND_KEY in a["keys"]), None)
+    no_dac = sw.no_dac()
+    nodac_loss = no_dac.stat("final_test_loss")[0] if no_dac is not None else math.nan
     others = [a["name"] for a in sw.axes if a is not bits]
     modes: dict[str, list[Group]] = {}
     for g in sw.grid_groups:
@@ -494,6 +509,8 @@ def bits_threshold(sw: Sweep, tolerance: float) -> list[dict[str, Any]] | None:
         # mattering on this device, whatever the device's own gap to floating point?
         finest = means[-1] if means else (None, math.nan)
         near_finest = [(b, m) for b, m in means if m - finest[1] <= tolerance]
+        # And against the same device read without any DAC (the "ideal" input), if swept.
+        near_nodac = [(b, m) for b, m in means if m - nodac_loss <= tolerance]
         mode = _pretty_other(key, sw) if rnd is not None else "as configured"
         out.append(
             {
@@ -506,6 +523,10 @@ def bits_threshold(sw: Sweep, tolerance: float) -> list[dict[str, Any]] | None:
                 "finest_loss": finest[1],
                 "bits_vs_finest": near_finest[0][0] if near_finest else None,
                 "loss_vs_finest": near_finest[0][1] if near_finest else math.nan,
+                "nodac_label": no_dac.label if no_dac is not None else None,
+                "nodac_loss": nodac_loss,
+                "bits_vs_nodac": near_nodac[0][0] if near_nodac else None,
+                "loss_vs_nodac": near_nodac[0][1] if near_nodac else math.nan,
             }
         )
     return out
@@ -585,25 +606,38 @@ def report(out: str | Path, tolerance: float = 0.05) -> Path:
         )
     thresh = bits_threshold(sw, tolerance)
     if thresh is not None:
+        has_nodac = thresh[0]["nodac_label"] is not None
+        nodac_text = (
+            f" The last two: above `{thresh[0]['nodac_label']}` "
+            f"({thresh[0]['nodac_loss']:.4f}), the same device read without a DAC."
+            if has_nodac
+            else ""
+        )
         md += [
             "## Smallest DAC bit count within tolerance",
             "",
             f"Tolerance: final test loss at most {tolerance:g} nats/char above the reference "
-            f"`{thresh[0]['ref_label']}` ({thresh[0]['reference']:.4f}), and, in the last two "
-            "columns, above the same rounding mode's finest DAC (the largest bit count swept): "
-            f"where resolution stops mattering on this device. Computed by `{fig_cmd}`.",
+            f"`{thresh[0]['ref_label']}` ({thresh[0]['reference']:.4f}); in the two columns "
+            "after, above the same rounding mode's finest DAC (the largest bit count swept): "
+            f"where resolution stops mattering on this device.{nodac_text} "
+            f"Computed by `{fig_cmd}`.",
             "",
             "| rounding | smallest bits (vs reference) | its test loss | finest DAC: bits, "
-            "test loss | smallest bits (vs finest) | its test loss |",
-            "|---|---|---|---|---|---|",
+            "test loss | smallest bits (vs finest) | its test loss |"
+            + (" smallest bits (vs no DAC) | its test loss |" if has_nodac else ""),
+            "|---|---|---|---|---|---|" + ("---|---|" if has_nodac else ""),
         ]
         for t in thresh:
             bits = "none within tolerance" if t["bits"] is None else str(t["bits"])
             near = "-" if t["bits_vs_finest"] is None else str(t["bits_vs_finest"])
-            md.append(
+            line = (
                 f"| {t['mode']} | {bits} | {_num(t['loss'])} | {t['finest_bits']}, "
                 f"{_num(t['finest_loss'])} | {near} | {_num(t['loss_vs_finest'])} |"
             )
+            if has_nodac:
+                nodac = "none" if t["bits_vs_nodac"] is None else str(t["bits_vs_nodac"])
+                line += f" {nodac} | {_num(t['loss_vs_nodac'])} |"
+            md.append(line)
         md.append("")
     failed = [
         (r.name, r.row.get("error", "")) for g in sw.groups for r in g.runs if r.status == "failed"
