@@ -12,28 +12,13 @@ import random
 
 import pytest
 import torch
+from twin_cases import assert_same_reads, random_io, reads_by_both
 
 from rpusim import RPUConfig, tile
 from rpusim.config import IOConfig
 from rpusim.kernels import numba_periphery
 from rpusim.model import CharLSTM
 from rpusim.periphery import analog_mvm, is_ideal
-
-
-def _random_io(rng: random.Random) -> IOConfig:
-    inp_bits = rng.choice([None, 3, 5, 7])
-    out_bits = rng.choice([None, 4, 9])
-    return IOConfig(
-        inp_bits=inp_bits,
-        out_bits=out_bits,
-        inp_bound=rng.choice([1.0, 0.7]) if inp_bits else rng.choice([None, 1.0, 0.7]),
-        out_bound=rng.choice([12.0, 2.0, 0.7]) if out_bits else rng.choice([None, 12.0, 2.0]),
-        out_noise=rng.choice([0.0, 0.06, 0.5]),
-        inp_sto_round=rng.random() < 0.5,
-        noise_management=rng.choice(["abs_max", "none"]),
-        bound_management=rng.choice(["iterative", "none"]),
-        max_bm_factor=rng.choice([1024, 4, 1]),
-    )
 
 
 def _inputs(rng: random.Random, gen: torch.Generator, batch: int, n: int) -> torch.Tensor:
@@ -47,21 +32,7 @@ def _inputs(rng: random.Random, gen: torch.Generator, batch: int, n: int) -> tor
 
 
 def _both(weights, x, io, transposed, seed=11, reads=2):
-    """``reads`` reads in a row by each backend, each from its own generator seeded alike."""
-    out = {}
-    for backend in ("torch", "numba"):
-        gen = torch.Generator().manual_seed(seed)
-        ys = [analog_mvm(weights, x, io, gen, transposed, backend=backend) for _ in range(reads)]
-        out[backend] = (ys, gen.get_state())
-    return out["torch"], out["numba"]
-
-
-def _assert_same(ref, twin):
-    (ys_ref, state_ref), (ys_twin, state_twin) = ref, twin
-    for y_ref, y_twin in zip(ys_ref, ys_twin, strict=True):
-        assert y_ref.shape == y_twin.shape and y_ref.dtype == y_twin.dtype
-        assert torch.equal(y_ref, y_twin), (y_ref - y_twin).abs().max()
-    assert torch.equal(state_ref, state_twin), "the twin drew different random numbers"
+    return reads_by_both(weights, x, io, transposed, "numba", seed, reads)
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -76,13 +47,13 @@ def test_twin_equals_reference_over_random_configs(batch, monkeypatch):
     gen = torch.Generator().manual_seed(batch)
     n_reads = 0
     for case in range(60):
-        io = _random_io(rng)
+        io = random_io(rng)
         out_size, in_size = rng.choice([(24, 40), (5, 3), (64, 33), (256, 152)])
         weights = (torch.rand(out_size, in_size, generator=gen) - 0.5) * 1.2
         transposed = case % 2 == 1
         x = _inputs(rng, gen, batch, out_size if transposed else in_size)
         ref, twin = _both(weights, x, io, transposed, seed=case)
-        _assert_same(ref, twin)
+        assert_same_reads(ref, twin)
         n_reads += 2
     assert len(passes) - n_reads >= 10, "too few cases exercised bound management"
 
@@ -110,7 +81,7 @@ def test_every_switch_combination_forward_and_backward():
         )
         x = torch.randn(4, 20 if transposed else 30, generator=gen) * 5
         x[2] = 0.0
-        _assert_same(*_both(weights, x, io, transposed))
+        assert_same_reads(*_both(weights, x, io, transposed))
 
 
 def test_bound_management_to_its_limit():
@@ -120,7 +91,7 @@ def test_bound_management_to_its_limit():
     x[1] *= 1e-3  # with NM off, this row does not saturate
     for nm, limit in itertools.product(["abs_max", "none"], [1, 2, 8, 1024]):
         io = IOConfig(noise_management=nm, max_bm_factor=limit, out_bound=0.1, inp_bits=None)
-        _assert_same(*_both(weights, x, io, transposed=False, reads=3))
+        assert_same_reads(*_both(weights, x, io, transposed=False, reads=3))
 
 
 def test_rounding_ties_go_to_even():
@@ -137,7 +108,7 @@ def test_rounding_ties_go_to_even():
     weights = 0.5 * torch.eye(8)
     x = torch.arange(-8.0, 8.0).reshape(2, 8)
     ref, twin = _both(weights, x, io, transposed=False)
-    _assert_same(ref, twin)
+    assert_same_reads(ref, twin)
     assert torch.equal(ref[0][0], torch.round(x * 0.5))  # half to even: 0.5 -> 0, 1.5 -> 2
 
 
@@ -149,7 +120,7 @@ def test_non_finite_inputs_read_the_same():
     x = torch.randn(4, 6, generator=gen)
     x[0, 2], x[1, 0], x[2, 5] = float("nan"), float("inf"), -float("inf")
     for case in range(20):
-        io = _random_io(rng)
+        io = random_io(rng)
         (ys_ref, state_ref), (ys_twin, state_twin) = _both(weights, x, io, False, case)
         for y_ref, y_twin in zip(ys_ref, ys_twin, strict=True):
             torch.testing.assert_close(y_twin, y_ref, rtol=0, atol=0, equal_nan=True)

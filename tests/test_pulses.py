@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from twin_cases import update_pairs
 
 from rpusim import rng
 from rpusim.config import DeviceConfig, UpdateConfig
@@ -132,13 +133,7 @@ def test_numba_twin_matches_reference_bit_for_bit(case):
     gen = torch.Generator().manual_seed(len(case))
     dev = devices(n_out, n_in, seed=3, **dev_kw)  # default d2d spread of steps and bounds
     dw_min = DeviceConfig(**dev_kw).dw_min
-    x = torch.randn(n_pairs, n_in, generator=gen)
-    d = 0.5 * torch.randn(n_pairs, n_out, generator=gen)
-    # Zero lines and whole zero pairs: no pulses there.
-    x[:, :: max(2, n_in // 3)] = 0.0
-    d[:, 1::4] = 0.0
-    x[n_pairs // 2] = 0.0
-    d[-1] = 0.0
+    x, d = update_pairs(gen, n_pairs, n_out, n_in)
     w0 = w_scale * torch.randn(n_out, n_in, generator=gen)
     cfg = UpdateConfig(**upd)
     w_ref, w_numba = w0.clone(), w0.clone()

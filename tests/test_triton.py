@@ -28,10 +28,10 @@ import textwrap
 
 import pytest
 import torch
+from twin_cases import assert_same_reads, random_io, reads_by_both, update_pairs
 
 from rpusim.config import DeviceConfig, IOConfig, UpdateConfig
 from rpusim.devices import constant_step
-from rpusim.periphery import analog_mvm
 from rpusim.pulses import pulsed_update, pulsed_update_reference
 
 #: This process runs Triton's interpreter (the variable is read as triton reads it).
@@ -97,13 +97,7 @@ def _update_case(name: str):
     gen = torch.Generator().manual_seed(len(name))
     # The default device has device-to-device spread of steps, bounds and asymmetry.
     dev = constant_step(DeviceConfig(**dev_kw), n_out, n_in, torch.Generator().manual_seed(3))
-    x = torch.randn(n_pairs, n_in, generator=gen)
-    d = 0.5 * torch.randn(n_pairs, n_out, generator=gen)
-    # Zero lines and whole zero pairs: no pulses there.
-    x[:, :: max(2, n_in // 3)] = 0.0
-    d[:, 1::4] = 0.0
-    x[n_pairs // 2] = 0.0
-    d[-1] = 0.0
+    x, d = update_pairs(gen, n_pairs, n_out, n_in)
     w0 = (0.5 if name == "bounds_reached" else 0.1) * torch.randn(n_out, n_in, generator=gen)
     return w0, x, d, lr, dev, UpdateConfig(**upd), DeviceConfig(**dev_kw).dw_min
 
@@ -145,41 +139,8 @@ def test_update_twin_over_chunks_and_strided_weights(twins, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-def _random_io(rng: random.Random) -> IOConfig:
-    inp_bits = rng.choice([None, 3, 5, 7])
-    out_bits = rng.choice([None, 4, 9])
-    return IOConfig(
-        inp_bits=inp_bits,
-        out_bits=out_bits,
-        inp_bound=rng.choice([1.0, 0.7]) if inp_bits else rng.choice([None, 1.0, 0.7]),
-        out_bound=rng.choice([12.0, 2.0, 0.7]) if out_bits else rng.choice([None, 12.0, 2.0]),
-        out_noise=rng.choice([0.0, 0.06, 0.5]),
-        inp_sto_round=rng.random() < 0.5,
-        noise_management=rng.choice(["abs_max", "none"]),
-        bound_management=rng.choice(["iterative", "none"]),
-        max_bm_factor=rng.choice([1024, 4, 1]),
-    )
-
-
 def _both(weights, x, io, transposed, seed=11, reads=2):
-    """``reads`` reads in a row by each backend, each from its own generator seeded alike."""
-    out = []
-    for backend in ("torch", "triton"):
-        gen = torch.Generator().manual_seed(seed)
-        ys = [analog_mvm(weights, x, io, gen, transposed, backend=backend) for _ in range(reads)]
-        out.append((ys, gen.get_state()))
-    return out
-
-
-def _assert_same(ref, twin, equal_nan=False):
-    (ys_ref, state_ref), (ys_twin, state_twin) = ref, twin
-    for y_ref, y_twin in zip(ys_ref, ys_twin, strict=True):
-        assert y_ref.shape == y_twin.shape and y_ref.dtype == y_twin.dtype
-        if equal_nan:
-            torch.testing.assert_close(y_twin, y_ref, rtol=0, atol=0, equal_nan=True)
-        else:
-            assert torch.equal(y_ref, y_twin), (y_ref - y_twin).abs().max()
-    assert torch.equal(state_ref, state_twin), "the twin drew different random numbers"
+    return reads_by_both(weights, x, io, transposed, "triton", seed, reads)
 
 
 @interpreted
@@ -192,7 +153,7 @@ def test_periphery_twin_over_random_configs(batch, twins, monkeypatch):
     rng = random.Random(batch)
     gen = torch.Generator().manual_seed(batch)
     for case in range(40):
-        io = _random_io(rng)
+        io = random_io(rng)
         out_size, in_size = rng.choice([(24, 40), (5, 3), (13, 11), (7, 5)])
         weights = (torch.rand(out_size, in_size, generator=gen) - 0.5) * 1.2
         transposed = case % 2 == 1
@@ -200,7 +161,7 @@ def test_periphery_twin_over_random_configs(batch, twins, monkeypatch):
         x *= rng.choice([0.01, 1.0, 30.0])  # some far beyond the DAC range
         if rng.random() < 0.3:
             x[rng.randrange(batch)] = 0.0  # an all-zero row: alpha = 0
-        _assert_same(*_both(weights, x, io, transposed, seed=case))
+        assert_same_reads(*_both(weights, x, io, transposed, seed=case))
     assert sum(rereads) >= 5, "too few cases exercised bound management"
 
 
@@ -222,7 +183,7 @@ def test_periphery_twin_every_switch_combination(twins):
         )
         x = torch.randn(4, 6 if transposed else 9, generator=gen) * 5
         x[2] = 0.0
-        _assert_same(*_both(weights, x, io, bool(transposed), reads=1))
+        assert_same_reads(*_both(weights, x, io, bool(transposed), reads=1))
 
 
 @interpreted
@@ -233,7 +194,7 @@ def test_periphery_twin_bound_management_to_its_limit(twins):
     x[1] *= 1e-3  # with NM off, this row does not saturate
     for nm, limit in itertools.product(["abs_max", "none"], [1, 2, 8, 1024]):
         io = IOConfig(noise_management=nm, max_bm_factor=limit, out_bound=0.1, inp_bits=None)
-        _assert_same(*_both(weights, x, io, transposed=False, reads=2))
+        assert_same_reads(*_both(weights, x, io, transposed=False, reads=2))
 
 
 @interpreted
@@ -269,7 +230,7 @@ def test_periphery_twin_non_finite_inputs(twins):
     x = torch.randn(4, 6, generator=gen)
     x[0, 2], x[1, 0], x[2, 5] = float("nan"), float("inf"), -float("inf")
     for case in range(12):
-        _assert_same(*_both(weights, x, _random_io(rng), False, case), equal_nan=True)
+        assert_same_reads(*_both(weights, x, random_io(rng), False, case), equal_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------
