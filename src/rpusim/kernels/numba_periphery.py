@@ -32,6 +32,7 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from rpusim.config import IOConfig
+from rpusim.kernels import cached_by_identity
 from rpusim.periphery import converter_step
 
 _ONE = np.float32(1.0)
@@ -73,19 +74,8 @@ def _converter(bits: int | None, bound: float | None) -> tuple:
     return bound is not None, f32(bound or 1.0), bits is not None, f32(per_step), f32(step)
 
 
-_PLANS: dict[int, tuple[IOConfig, _Plan]] = {}
-
-
-def _plan(io: IOConfig) -> _Plan:
-    """The plan of ``io``, cached by identity (a config object is read thousands of times)."""
-    hit = _PLANS.get(id(io))
-    if hit is not None and hit[0] is io:
-        return hit[1]
-    if len(_PLANS) >= 256:
-        _PLANS.clear()
-    plan = _Plan.of(io)
-    _PLANS[id(io)] = (io, plan)  # holding ``io`` keeps its id from being reused
-    return plan
+#: The plan of a periphery config (a config object is read thousands of times).
+_plan = cached_by_identity(_Plan.of)
 
 
 class _Scratch(threading.local):

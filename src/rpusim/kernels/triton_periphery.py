@@ -36,6 +36,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from rpusim.config import IOConfig
+from rpusim.kernels import cached_by_identity
 from rpusim.kernels.triton_update import IEEE_F32
 from rpusim.periphery import converter_step
 
@@ -209,19 +210,8 @@ def interpreted() -> bool:
     return isinstance(_input_side, InterpretedFunction)
 
 
-_PLANS: dict[int, tuple[IOConfig, _Plan]] = {}
-
-
-def _plan(io: IOConfig) -> _Plan:
-    """The plan of ``io``, cached by identity (a config object is read thousands of times)."""
-    hit = _PLANS.get(id(io))
-    if hit is not None and hit[0] is io:
-        return hit[1]
-    if len(_PLANS) >= 256:
-        _PLANS.clear()
-    plan = _Plan.of(io)
-    _PLANS[id(io)] = (io, plan)  # holding ``io`` keeps its id from being reused
-    return plan
+#: The plan of a periphery config (a config object is read thousands of times).
+_plan = cached_by_identity(_Plan.of)
 
 
 @torch.no_grad()
