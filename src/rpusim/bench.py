@@ -187,8 +187,11 @@ def markdown_table(result: dict) -> str:
 
 
 def main(quick: bool = False, json_path: str | Path | None = None, device: str = "cpu") -> dict:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: torch sees no CUDA GPU; use --device cpu")
+    from rpusim.train import device_problem
+
+    problem = device_problem(device, "device='cpu'")
+    if problem is not None:
+        raise ValueError(f"device {problem}")
     result = run(quick=quick, seconds=2.5 if quick else 5.0, device=device)
     print()
     print(markdown_table(result))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -375,13 +374,11 @@ def _add_bench(sub) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from rpusim import bench
+    from rpusim.train import device_problem
 
-    if re.fullmatch(r"cpu|cuda(:[0-9]+)?", args.device) is None:
-        return _fail(f"--device {args.device!r}: use cpu, cuda or cuda:N")
-    import torch
-
-    if args.device != "cpu" and not torch.cuda.is_available():
-        return _fail(f"--device {args.device}: torch sees no CUDA GPU; use --device cpu")
+    problem = device_problem(args.device, "--device cpu")
+    if problem is not None:
+        return _fail(f"--device {problem}")
     _set_threads(args.threads)
     bench.main(quick=args.quick, json_path=args.json, device=args.device)
     return EXIT_OK

@@ -375,6 +375,10 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout between layers (digital)")
 
 
+#: The devices ``train.device`` (and ``rpusim bench --device``) names.
+DEVICE_NAME = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
 class TrainConfig(_Section):
     """Plain SGD with truncated BPTT; the loss is the mean cross-entropy per character."""
 
@@ -399,7 +403,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _known_device(self) -> TrainConfig:
-        if re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device) is None:
+        if DEVICE_NAME.fullmatch(self.device) is None:
             raise ValueError(f"device {self.device!r} is not a device: use cpu, cuda or cuda:N")
         return self
 

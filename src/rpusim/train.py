@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from rpusim.config import ConfigError, RunConfig
+from rpusim.config import DEVICE_NAME, ConfigError, RunConfig
 from rpusim.data import BatchStream, DataError, Vocab, load_corpus, slice_corpus, split
 from rpusim.io import atomic_write, atomic_write_text
 from rpusim.model import CharLSTM
@@ -87,21 +87,28 @@ def build_model(cfg: RunConfig, vocab_size: int) -> CharLSTM:
     )
 
 
-def _check_device(device: str) -> None:
-    """Refuse a CUDA device that torch cannot use, before any data is read or written."""
+def device_problem(device: str, cpu: str) -> str | None:
+    """Why torch cannot put tiles on ``device`` (``cpu``, ``cuda`` or ``cuda:N``), in words that
+    end with the fix (``cpu``: how the caller's user asks for the CPU); None when it can."""
+    if DEVICE_NAME.fullmatch(device) is None:
+        return f"{device!r} is not a device: use cpu, cuda or cuda:N"
     if device == "cpu":
-        return
+        return None
     if not torch.cuda.is_available():
-        raise TrainError(
-            f"train.device: {device!r} but torch sees no CUDA GPU (a CPU build of torch, or no "
-            "driver); use train.device=cpu"
+        return (
+            f"{device!r} but torch sees no CUDA GPU (a CPU build of torch, or no driver); use {cpu}"
         )
-    index = torch.device(device).index
-    if index is not None and index >= torch.cuda.device_count():
-        raise TrainError(
-            f"train.device: {device!r} but torch sees {torch.cuda.device_count()} GPU(s); "
-            "use cuda:0 .. cuda:N-1"
-        )
+    count, index = torch.cuda.device_count(), torch.device(device).index
+    if index is not None and index >= count:
+        return f"{device!r} but torch sees {count} GPU(s); use cuda:0 .. cuda:{count - 1} or {cpu}"
+    return None
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device that torch cannot use, before any data is read or written."""
+    problem = device_problem(device, "train.device=cpu")
+    if problem is not None:
+        raise TrainError(f"train.device: {problem}")
 
 
 def train(
