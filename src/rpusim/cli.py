@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rpusim.config import ConfigError, RunConfig
+from rpusim.config import ConfigError, RunConfig, add_override_option
 from rpusim.data import DataError
 from rpusim.report import add_report_parser
 from rpusim.sweep import add_sweep_parser
@@ -53,13 +53,8 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--config", type=Path, help="run config YAML (default with --resume: OUT/config.yaml)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by dotted key, e.g. rpu.device.up_down=0.02 (repeatable)",
+    add_override_option(
+        p, "override a config value by dotted key, e.g. rpu.device.up_down=0.02 (repeatable)"
     )
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -104,14 +99,7 @@ def _add_config(sub) -> None:
         "meaning. Checks the config on the way: an unknown key or bad value fails in one line.",
     )
     p.add_argument("--config", type=Path, help="run config YAML (default: all defaults)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by dotted key (repeatable)",
-    )
+    add_override_option(p, "override a config value by dotted key (repeatable)")
     p.add_argument("--keys", action="store_true", help="list every key instead (Markdown table)")
     p.set_defaults(func=_cmd_config)
 

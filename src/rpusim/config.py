@@ -467,6 +467,14 @@ class RunConfig(_Section):
         return type(self).from_dict(self.to_dict(), changes)
 
 
+def add_override_option(parser: Any, help_text: str) -> None:
+    """The ``--set KEY=VALUE`` option (repeatable) of an argparse ``parser``: dotted overrides
+    of a run config, collected in order as ``args.overrides`` for :meth:`RunConfig.from_dict`."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def config_keys(section: type[BaseModel] = None, prefix: str = "") -> list[dict[str, str]]:
     """Every leaf of a config tree (default: :class:`RunConfig`) with its dotted ``key``, its
     ``type`` (choices for a fixed set), its ``default`` (as YAML writes it) and ``description``.

@@ -70,7 +70,13 @@ from typing import Any
 
 import yaml
 
-from rpusim.config import ConfigError, RunConfig, load_yaml, parse_assignment
+from rpusim.config import (
+    ConfigError,
+    RunConfig,
+    add_override_option,
+    load_yaml,
+    parse_assignment,
+)
 from rpusim.io import atomic_write_text
 
 STATUSES = ("finished", "diverged", "failed", "pending")
@@ -799,13 +805,8 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("experiment", help="the experiment file, e.g. experiments/asymmetry.yaml")
     p.add_argument("--out", required=True, help="the sweep folder (one sub-folder per point)")
     p.add_argument("--scale", help="the file's override set to use: quick or paper")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a run config key in every point, e.g. --set train.max_chars=20000",
+    add_override_option(
+        p, "override a run config key in every point, e.g. --set train.max_chars=20000"
     )
     p.add_argument("--workers", type=int, help="runs at once (default: the CPU cores)")
     p.add_argument(
