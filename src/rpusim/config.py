@@ -475,7 +475,7 @@ def add_override_option(parser: Any, help_text: str) -> None:
     )
 
 
-def config_keys(section: type[BaseModel] = None, prefix: str = "") -> list[dict[str, str]]:
+def config_keys(section: type[BaseModel] | None = None, prefix: str = "") -> list[dict[str, str]]:
     """Every leaf of a config tree (default: :class:`RunConfig`) with its dotted ``key``, its
     ``type`` (choices for a fixed set), its ``default`` (as YAML writes it) and ``description``.
 
