@@ -13,7 +13,7 @@ import yaml
 
 from rpusim.cli import main
 from rpusim.config import RunConfig
-from rpusim.train import load_checkpoint, read_metrics
+from rpusim.train import _flat, load_checkpoint, read_metrics
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -274,17 +274,7 @@ def test_config_keys_lists_every_leaf_and_docs_config_md_is_its_table(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| `")]
     keys = [row.split("`")[1] for row in rows]
     assert len(keys) == len(set(keys)) and {"train.device", "rpu.device.dw_min"} <= set(keys)
-    leaves = []
-
-    def walk(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                leaves.append(prefix + key)
-
-    walk(RunConfig().to_dict())
-    assert keys == leaves  # every leaf of the config, in its order
+    assert keys == list(_flat(RunConfig().to_dict()))  # every leaf of the config, in its order
     assert all(row.count("|") == 5 for row in rows)  # no stray pipes in a cell
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     assert out.strip() in doc, "docs/config.md is stale: regenerate it with rpusim config --keys"
