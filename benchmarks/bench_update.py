@@ -28,7 +28,7 @@ import torch
 
 from rpusim.config import DeviceConfig, UpdateConfig
 from rpusim.devices import constant_step
-from rpusim.pulses import pulsed_update
+from rpusim.update import pulsed_update
 
 N_PAIRS = 3200
 N_UNITS = 128

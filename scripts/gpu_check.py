@@ -20,10 +20,10 @@ import torch
 
 from rpusim.config import BackwardIOConfig, DeviceConfig, IOConfig, UpdateConfig
 from rpusim.devices import constant_step
-from rpusim.kernels.triton_periphery import analog_mvm_triton
-from rpusim.kernels.triton_update import pulsed_update_triton
 from rpusim.periphery import analog_mvm_reference
-from rpusim.pulses import pulsed_update_reference
+from rpusim.periphery.triton import analog_mvm_triton
+from rpusim.update import pulsed_update_reference
+from rpusim.update.triton import pulsed_update_triton
 
 OUT, IN = 512, 257  # 4 gates x 128 units; 128 inputs + 128 recurrent + bias
 LR, DW_MIN = 0.01, DeviceConfig().dw_min

@@ -466,16 +466,16 @@ def test_fused_time_loop_is_bit_identical_to_the_reads_of_the_torch_reference(na
     """The fused loop (one compiled call per step, draws ahead) against the layer's loop of
     tile reads through the plain-torch periphery: the same losses, states, weights and random
     streams, at batch 1 and 3, with dropout."""
+    from rpusim import lstm_loop
     from rpusim import tile as tile_module
-    from rpusim.kernels import numba_lstm
     from rpusim.periphery import analog_mvm
 
     cfg = _periphery_configs()[name]
     rereads = []
     monkeypatch.setattr(
-        numba_lstm,
+        lstm_loop,
         "reread_saturated",
-        lambda *a, _f=numba_lstm.reread_saturated: rereads.append(1) or _f(*a),
+        lambda *a, _f=lstm_loop.reread_saturated: rereads.append(1) or _f(*a),
     )
     for B, dropout in ((1, 0.0), (3, 0.25)):
         fused = _train_run(cfg, True, B, dropout)
@@ -488,7 +488,7 @@ def test_fused_time_loop_is_bit_identical_to_the_reads_of_the_torch_reference(na
 
 
 def test_output_noise_drawn_ahead_is_the_same_numbers():
-    from rpusim.kernels.numba_lstm import _normal_draws_split
+    from rpusim.lstm_loop import _normal_draws_split
 
     assert _normal_draws_split(64) and _normal_draws_split(512)
     assert not _normal_draws_split(30) and not _normal_draws_split(8)

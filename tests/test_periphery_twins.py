@@ -16,9 +16,9 @@ from twin_cases import assert_same_reads, random_io, reads_by_both
 
 from rpusim import RPUConfig, tile
 from rpusim.config import IOConfig
-from rpusim.kernels import numba_periphery
 from rpusim.model import CharLSTM
 from rpusim.periphery import analog_mvm, is_ideal
+from rpusim.periphery import numba as numba_periphery
 
 
 def _inputs(rng: random.Random, gen: torch.Generator, batch: int, n: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from twin_cases import update_pairs
 from rpusim import rng
 from rpusim.config import DeviceConfig, UpdateConfig
 from rpusim.devices import DeviceArrays, constant_step
-from rpusim.pulses import (
+from rpusim.update import (
     pulse_scales,
     pulsed_update,
     pulsed_update_one_by_one,

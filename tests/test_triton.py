@@ -32,7 +32,7 @@ from twin_cases import assert_same_reads, random_io, reads_by_both, update_pairs
 
 from rpusim.config import DeviceConfig, IOConfig, UpdateConfig
 from rpusim.devices import constant_step
-from rpusim.pulses import pulsed_update, pulsed_update_reference
+from rpusim.update import pulsed_update, pulsed_update_reference
 
 #: This process runs Triton's interpreter (the variable is read as triton reads it).
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes", "y")
@@ -63,7 +63,8 @@ def interpreted(test):
 @pytest.fixture(scope="module")
 def twins():
     """The twin modules (kernels interpreted), on one torch thread."""
-    from rpusim.kernels import triton_periphery, triton_update
+    from rpusim.periphery import triton as triton_periphery
+    from rpusim.update import triton as triton_update
 
     assert triton_update.interpreted() and triton_periphery.interpreted()
     threads = torch.get_num_threads()
@@ -243,7 +244,8 @@ _COMPILE = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from rpusim.kernels import triton_periphery as tp, triton_update as tu
+    from rpusim.periphery import triton as tp
+    from rpusim.update import triton as tu
 
     F, I64 = "*fp32", "*i64"
     KERNELS = [
@@ -257,11 +259,11 @@ _COMPILE = textwrap.dedent(
             n_in="i32")),
     ]
     for reread, sto in ((False, False), (True, True)):
-        KERNELS.append((tp._input_side, dict(
+        KERNELS.append((tp.input_side, dict(
             NM=True, REREAD=reread, CLIP=True, QUANT=True, STO=sto, BLOCK=512), dict(
             x_ptr=F, rows_ptr=I64, alpha_ptr=F, u_ptr=F, x_q_ptr=F, n="i32", factor="fp32",
             bound="fp32", per_step="fp32", step="fp32")))
-    KERNELS.append((tp._output_side, dict(
+    KERNELS.append((tp.output_side, dict(
         NM=True, REREAD=True, NOISE=True, CLIP=True, QUANT=True, BLOCK=512), dict(
         z_ptr=F, rows_ptr=I64, noise_ptr=F, alpha_ptr=F, y_ptr=F, sat_ptr="*i32", m="i32",
         factor="fp32", sigma="fp32", bound="fp32", per_step="fp32", step="fp32")))
@@ -292,5 +294,5 @@ def test_compiled_kernels_round_as_ieee_float32():
         bad = [op for op in ops if op.startswith(("fma", "mad")) or ".ftz" in op or ".full" in op]
         bad += [op for op in ops if op.startswith(("add", "sub", "mul", "div")) and ".rn" not in op]
         assert not bad, f"{name}: {bad}"
-    assert "div.rn.f32" in found["_input_side"]  # noise management divides, exactly
-    assert "cvt.rmi.f32.f32" in found["_output_side"]  # floor, subnormals kept
+    assert "div.rn.f32" in found["input_side"]  # noise management divides, exactly
+    assert "cvt.rmi.f32.f32" in found["output_side"]  # floor, subnormals kept

@@ -22,7 +22,7 @@ Speed: at batch 1 (the paper's setting) a step is a chain of tiny operations, so
 number of calls per step, not arithmetic. Each step makes one tile read and ONE call for the whole
 digital cell: a numba-compiled element loop (:func:`_cell_forward`, :func:`_cell_backward`) on
 CPU, or a handful of vectorised torch ops (the reference, any device; ``layer.cell_backend``).
-On CPU the time loop itself is fused (``layer.fused``, :mod:`rpusim.kernels.numba_lstm`): per
+On CPU the time loop itself is fused (``layer.fused``, :mod:`rpusim.lstm_loop`): per
 step the read's matmul, its output noise draw and one compiled call that finishes the read, runs
 the cell and starts the next read; the same numbers, bit for bit, as the loop of ``tile.forward``
 / ``tile.backward`` calls written out below. Buffers for all ``T`` steps are allocated once per
@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
+from rpusim import lstm_loop
 from rpusim.config import RPUConfig
-from rpusim.kernels import numba_lstm
 from rpusim.tile import AnalogTile, child_seed
 
 # Independent random streams derived from a layer's seed.
@@ -207,9 +207,9 @@ class AnalogLinear:
 
 
 # The digital cell, element by element, compiled by numba (float64 arithmetic, float32 storage;
-# equal to the torch ops of AnalogLSTMLayer to float32 rounding): see rpusim.kernels.numba_lstm.
-_sigmoid, _tanh = numba_lstm.sigmoid, numba_lstm.tanh
-_cell_forward, _cell_backward = numba_lstm.cell_forward, numba_lstm.cell_backward
+# equal to the torch ops of AnalogLSTMLayer to float32 rounding): see rpusim.lstm_loop.
+_sigmoid, _tanh = lstm_loop.sigmoid, lstm_loop.tanh
+_cell_forward, _cell_backward = lstm_loop.cell_forward, lstm_loop.cell_backward
 
 
 #: How the digital LSTM cell is computed between the reads: ``"torch"`` (a few vectorised torch
@@ -259,7 +259,7 @@ class AnalogLSTMLayer:
         #: ``"auto"``, ``"numba"`` or ``"torch"``: see :data:`CELL_BACKENDS`.
         self.cell_backend = "auto"
         #: With the numba cell: run each time loop as one compiled call per step (the read's
-        #: periphery, the cell and the next read's input side; ``rpusim.kernels.numba_lstm``)
+        #: periphery, the cell and the next read's input side; ``rpusim.lstm_loop``)
         #: rather than ``tile.forward`` / ``tile.backward`` then the cell. The same bits.
         self.fused = True
         self._cache: tuple[torch.Tensor, ...] | None = None
@@ -302,8 +302,8 @@ class AnalogLSTMLayer:
         H = Z[1:, :, n : n + h]  # h_t, a view
         tile = self.tile
         if self._use_numba() and self.fused:
-            # The same loop as below, one compiled call per step (rpusim.kernels.numba_lstm).
-            numba_lstm.forward_sequence(*tile.read_parts("forward"), Z, G, C, TC)
+            # The same loop as below, one compiled call per step (rpusim.lstm_loop).
+            lstm_loop.forward_sequence(*tile.read_parts("forward"), Z, G, C, TC)
         elif self._use_numba():
             Zs = Z.unbind(0)
             cell = _cell_forward
@@ -369,13 +369,11 @@ class AnalogLSTMLayer:
         dA = torch.empty_like(G)  # da_t, the update's delta side
         tile = self.tile
         if self._use_numba() and self.fused:
-            # The same loop as below, one compiled call per step (rpusim.kernels.numba_lstm);
+            # The same loop as below, one compiled call per step (rpusim.lstm_loop);
             # DZ[t] = W^T da_t, DZ[T] = the read of the virtual step T + 1.
             DZ = torch.empty(T + 1, B, n + h + 1, **opts)
             DZ[T] = dz
-            numba_lstm.backward_sequence(
-                *tile.read_parts("backward"), grad_hs, G, C, TC, dc, dA, DZ
-            )
+            lstm_loop.backward_sequence(*tile.read_parts("backward"), grad_hs, G, C, TC, dc, dA, DZ)
             self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
             return DZ[:T, :, :n]
         dAs = dA.unbind(0)

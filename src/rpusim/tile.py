@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rpusim import pulses
+from rpusim import update as pulses
 from rpusim.config import RPUConfig
 from rpusim.devices import DeviceArrays, sample_devices
 from rpusim.periphery import analog_mvm

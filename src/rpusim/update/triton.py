@@ -1,6 +1,6 @@
-"""Triton twin of :func:`rpusim.pulses.pulsed_update_reference`: the same weights, bit for bit.
+"""Triton twin of :func:`rpusim.update.pulsed_update_reference`: the same weights, bit for bit.
 
-The GPU counterpart of :mod:`rpusim.kernels.numba_update`, in two passes per chunk of pairs:
+The GPU counterpart of :mod:`rpusim.update.numba`, in two passes per chunk of pairs:
 
 * pass 1 (:func:`_fire_words_kernel`), parallel over pairs and lines: each line's ``BL`` slot
   bits are packed into one ``uint64`` word (``BL <= 64``), once for the columns (``x``, ``A``)
@@ -20,7 +20,7 @@ Exactness, as in the numba twin:
 * every random number is :func:`rpusim.rng.mix32` at the reference's indices. Here in
   ``uint32`` arithmetic, which wraps modulo ``2**32`` exactly where the reference masks its
   int64 products with ``& MASK32``, and whose ``>>`` is a logical shift;
-* ``sqrt(n)`` comes from the shared table (:func:`rpusim.pulses.sqrt_counts`), multiplied by the
+* ``sqrt(n)`` comes from the shared table (:func:`rpusim.update.sqrt_counts`), multiplied by the
   spread on the host in the reference's float32 (``std * sqrt(n)`` for every possible ``n``);
 * the float32 arithmetic is the reference's, in its order (``(std * sqrt(n)) * z``, ``n + .``,
   ``dw * .``, ``w + s * .``, clip), launched with :data:`IEEE_F32`: by default Triton contracts
@@ -41,7 +41,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from rpusim import rng
 from rpusim.config import UpdateConfig
 from rpusim.devices import DeviceArrays
-from rpusim.pulses import _check, pulse_scales, sqrt_counts
+from rpusim.update.plan import check_args, pulse_scales, sqrt_counts
 
 
 def _ieee_f32() -> dict[str, bool]:
@@ -210,13 +210,13 @@ def pulsed_update_triton(
     block_rows: int = BLOCK_ROWS,
     block_cols: int = BLOCK_COLS,
 ) -> None:
-    """Same contract and same result as :func:`rpusim.pulses.pulsed_update_reference`.
+    """Same contract and same result as :func:`rpusim.update.pulsed_update_reference`.
 
     ``w`` ``(out, in)``, ``x`` ``(K, in)``, ``d`` ``(K, out)``: float32 CUDA tensors (CPU tensors
     under the interpreter); ``w`` is updated in place. ``block_rows`` x ``block_cols``: the
     device tile of pass 2 (powers of 2); the result does not depend on it.
     """
-    _check(w, x, d, dev, key)
+    check_args(w, x, d, dev, key)
     on = w.device
     if on.type == "cpu" and not interpreted():
         raise ValueError("the Triton update needs CUDA tensors (or TRITON_INTERPRET=1)")

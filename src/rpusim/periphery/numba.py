@@ -6,10 +6,10 @@ more than the arithmetic. The twin does the same read in five calls:
 
 1. the uniforms of stochastic rounding (if on): the reference's ``torch.rand`` draw, same shape,
    same generator (``uniform_`` into a reused buffer: the same numbers, without the allocation);
-2. :func:`_input_side` (compiled): noise management, input clip, DAC, one loop per row;
+2. :func:`input_side` (compiled): noise management, input clip, DAC, one loop per row;
 3. ``x_q @ W.T`` (``x_q @ W`` backward): the very torch call of the reference, so the same sums;
 4. the output noise (if on): the reference's ``torch.randn`` draw (``normal_``, likewise);
-5. :func:`_output_side` (compiled): noise, saturation flags, ADC, the scale ``alpha`` back.
+5. :func:`output_side` (compiled): noise, saturation flags, ADC, the scale ``alpha`` back.
 
 Bound management re-reads the saturated rows the same way (steps 1-5 on those rows, input
 halved once more), drawing the same tensors in the same order as the reference.
@@ -32,8 +32,8 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from rpusim.config import IOConfig
-from rpusim.kernels import cached_by_identity
 from rpusim.periphery import converter_step
+from rpusim.twins import cached_by_identity
 
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
@@ -42,9 +42,9 @@ _ZERO = np.float32(0.0)
 class _Plan(NamedTuple):
     """One direction's periphery as the kernels take it: flags and float32 constants."""
 
-    #: Input side, for :func:`_input_side`: (nm, clip, inp_bound, quantize, 1/step, step).
+    #: Input side, for :func:`input_side`: (nm, clip, inp_bound, quantize, 1/step, step).
     dac: tuple
-    #: Output side, for :func:`_output_side`: (nm, out_noise, clip, out_bound, quantize, 1/step,
+    #: Output side, for :func:`output_side`: (nm, out_noise, clip, out_bound, quantize, 1/step,
     #: step).
     adc: tuple
     identity_input: bool  # no NM, no clip, no DAC: the array sees x itself (as the reference)
@@ -75,7 +75,7 @@ def _converter(bits: int | None, bound: float | None) -> tuple:
 
 
 #: The plan of a periphery config (a config object is read thousands of times).
-_plan = cached_by_identity(_Plan.of)
+plan_of = cached_by_identity(_Plan.of)
 
 
 class _Scratch(threading.local):
@@ -99,7 +99,7 @@ _SCRATCH = _Scratch()
 
 
 @intrinsic
-def _float32_at(typingctx, address):
+def float32_at(typingctx, address):
     """The int64 ``address`` (a CPU tensor's ``data_ptr()``) as a float32 pointer.
 
     Handing the kernels addresses rather than ``tensor.numpy()`` views saves ~1 us per tensor
@@ -123,7 +123,7 @@ def _clip(v, bound):
 
 
 @njit(cache=True, nogil=True)
-def _input_side(x, rows, alpha, factor, u, dac, x_q):
+def input_side(x, rows, alpha, factor, u, dac, x_q):
     """Noise management, clip and DAC of the rows read: ``x_q[i] = DAC(clip(x[r] / alpha / f))``.
 
     First read (``rows`` None): every row ``r = i``, and ``alpha[r] = max|x[r]|`` is computed
@@ -163,7 +163,7 @@ def _input_side(x, rows, alpha, factor, u, dac, x_q):
 
 
 @njit(cache=True, nogil=True)
-def _output_side(z, rows, noise, adc, alpha, factor, y, sat_rows):
+def output_side(z, rows, noise, adc, alpha, factor, y, sat_rows):
     """Output noise, saturation, ADC and the scale back: ``y[r] = alpha[r] f ADC(z[i] + s n[i])``.
 
     z: (k, m), the array's sums of the rows read (``r = i``, or ``r = rows[i]`` in a re-read);
@@ -196,16 +196,16 @@ def _output_side(z, rows, noise, adc, alpha, factor, y, sat_rows):
 
 @njit(cache=True, nogil=True)
 def _input_side_at(x_address, batch, n, rows, alpha, factor, u, dac, x_q):
-    """:func:`_input_side` with ``x`` given as the address of a contiguous (batch, n) tensor."""
-    _input_side(carray(_float32_at(x_address), (batch, n)), rows, alpha, factor, u, dac, x_q)
+    """:func:`input_side` with ``x`` given as the address of a contiguous (batch, n) tensor."""
+    input_side(carray(float32_at(x_address), (batch, n)), rows, alpha, factor, u, dac, x_q)
 
 
 @njit(cache=True, nogil=True)
 def _output_side_at(z_address, k, m, rows, noise, adc, alpha, factor, y, sat_rows):
-    """:func:`_output_side` with ``z`` given as the address of a contiguous (k, m) tensor, and
+    """:func:`output_side` with ``z`` given as the address of a contiguous (k, m) tensor, and
     written in place where ``y`` is None."""
-    z = carray(_float32_at(z_address), (k, m))
-    return _output_side(z, rows, noise, adc, alpha, factor, z if y is None else y, sat_rows)
+    z = carray(float32_at(z_address), (k, m))
+    return output_side(z, rows, noise, adc, alpha, factor, z if y is None else y, sat_rows)
 
 
 def analog_mvm_numba(
@@ -219,7 +219,7 @@ def analog_mvm_numba(
 
     Same result, bit for bit, as the reference, and the same draws from ``generator``.
     """
-    p = _plan(io)
+    p = plan_of(io)
     matrix = weights if transposed else weights.t()
     x_c = x.contiguous()  # what the kernels read (x itself, unless it is strided)
     alpha = np.empty(x.shape[0], np.float32)

@@ -1,4 +1,4 @@
-"""Numba twin of :func:`rpusim.pulses.pulsed_update_reference`: the same weights, bit for bit.
+"""Numba twin of :func:`rpusim.update.pulsed_update_reference`: the same weights, bit for bit.
 
 The reference builds, per pair, dense ``(BL, in)`` and ``(BL, out)`` firing tables and an
 ``(out, in)`` count matrix. This kernel computes the same numbers but spends its time only where
@@ -19,7 +19,7 @@ and ``w``): never a ``(K, out, in)`` or ``(K, BL, in)`` array.
 
 Exactness: every random number comes from :func:`rpusim.rng.mix32`, the very function the
 reference evaluates on tensors, compiled here on int64 scalars with the same masks; ``sqrt(n)``
-comes from the same table (:func:`rpusim.pulses.sqrt_counts`). Float arithmetic is float32 in
+comes from the same table (:func:`rpusim.update.sqrt_counts`). Float arithmetic is float32 in
 the reference's order (``(std * sqrt(n)) * z``, ``n + .``, ``dw * .``, ``w + s * .``, clip), with
 ``fastmath`` off so that LLVM neither contracts to FMA nor reassociates.
 """
@@ -34,7 +34,7 @@ from numba import njit, prange
 from rpusim import rng
 from rpusim.config import UpdateConfig
 from rpusim.devices import DeviceArrays
-from rpusim.pulses import _check, pulse_scales, sqrt_counts
+from rpusim.update.plan import check_args, pulse_scales, sqrt_counts
 
 #: Most pairs whose pulse words are held at once (bounds the scratch memory).
 CHUNK = 2048
@@ -46,7 +46,7 @@ MAX_ROWS_PER_BLOCK = 64
 SERIAL_DRAWS = 1 << 20
 
 # The reference's own hash, compiled. Numba's on-disk cache does not notice edits to another
-# file: after changing rng.py (the hash or its constants), delete kernels/__pycache__ (the
+# file: after changing rng.py (the hash or its constants), delete update/__pycache__ (the
 # bit-for-bit twin tests fail until then).
 _mix32 = njit(cache=True, nogil=True)(rng.mix32)
 
@@ -229,12 +229,12 @@ def pulsed_update_numba(
     dw_min: float,
     key: int,
 ) -> None:
-    """Same contract and same result as :func:`rpusim.pulses.pulsed_update_reference`.
+    """Same contract and same result as :func:`rpusim.update.pulsed_update_reference`.
 
     ``w`` ``(out, in)``, ``x`` ``(K, in)``, ``d`` ``(K, out)``: float32 CPU tensors; ``w`` is
     updated in place. Scratch memory: ``O(min(K, CHUNK) * (in + out))``.
     """
-    _check(w, x, d, dev, key)
+    check_args(w, x, d, dev, key)
     n_out, n_in = w.shape
     n_pairs = x.shape[0]
     a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)

@@ -14,13 +14,13 @@ a step is about as small as that overhead, so here a step is three calls:
 3. one compiled call, :func:`forward_step` or :func:`backward_step`: the output side of this read
    (output noise, ADC, scale back), the cell of the step, and the input side of the next read
    (noise management, clip, DAC). They call the functions of the periphery twin
-   (:func:`~rpusim.kernels.numba_periphery._output_side`, ``_input_side``) and the cell kernels
+   (:func:`~rpusim.periphery.numba.output_side`, ``input_side``) and the cell kernels
    below, so every float32 operation is the reference's, in its order.
 
 Bound management (a saturated row is read again with its input halved) and stochastic rounding
 (uniforms drawn before each read) keep the reference's order of draws: the compiled call then
 stops after the output side, the re-reads run as in the periphery twin
-(:func:`~rpusim.kernels.numba_periphery.reread_saturated`), the next read's uniforms are drawn,
+(:func:`~rpusim.periphery.numba.reread_saturated`), the next read's uniforms are drawn,
 and a second call does the cell and the next input side.
 
 The digital cell (:func:`cell_forward`, :func:`cell_backward`) is float64 arithmetic on float32
@@ -38,14 +38,14 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from rpusim.config import IOConfig
-from rpusim.kernels.numba_periphery import (
-    _float32_at,
-    _input_side,
-    _output_side,
-    _plan,
+from rpusim.periphery import is_ideal
+from rpusim.periphery.numba import (
+    float32_at,
+    input_side,
+    output_side,
+    plan_of,
     reread_saturated,
 )
-from rpusim.periphery import is_ideal
 
 _jit = njit(cache=True, nogil=True, error_model="numpy")
 
@@ -145,7 +145,7 @@ def _int64_at(typingctx, address):
 
 @_jit
 def _plans(dim, con):
-    """The plan tuples of :mod:`~rpusim.kernels.numba_periphery` (``dac``, ``adc``) again."""
+    """The plan tuples of :mod:`~rpusim.periphery.numba` (``dac``, ``adc``) again."""
     dac = (dim[D_DAC] != 0, dim[D_DAC + 1] != 0, con[0], dim[D_DAC + 2] != 0, con[1], con[2])
     adc = (
         dim[D_ADC] != 0, con[3], dim[D_ADC + 1] != 0, con[4], dim[D_ADC + 2] != 0, con[5], con[6],
@@ -155,19 +155,19 @@ def _plans(dim, con):
 
 @_jit
 def _output(z, noise, k, adc, alpha, y, sat_rows, has_noise):
-    """The first read's output side (:func:`_output_side`, all rows, factor 1) into ``y``."""
+    """The first read's output side (:func:`output_side`, all rows, factor 1) into ``y``."""
     if has_noise:
-        return _output_side(z, None, noise[k], adc, alpha, _ONE, y, sat_rows)
-    return _output_side(z, None, None, adc, alpha, _ONE, y, sat_rows)
+        return output_side(z, None, noise[k], adc, alpha, _ONE, y, sat_rows)
+    return output_side(z, None, None, adc, alpha, _ONE, y, sat_rows)
 
 
 @_jit
 def _input(x, alpha, u, dac, x_q, sto):
-    """The first read's input side (:func:`_input_side`, all rows, factor 1) into ``x_q``."""
+    """The first read's input side (:func:`input_side`, all rows, factor 1) into ``x_q``."""
     if sto:
-        _input_side(x, None, alpha, _ONE, u, dac, x_q)
+        input_side(x, None, alpha, _ONE, u, dac, x_q)
     else:
-        _input_side(x, None, alpha, _ONE, None, dac, x_q)
+        input_side(x, None, alpha, _ONE, None, dac, x_q)
 
 
 @_jit
@@ -189,14 +189,14 @@ def forward_step(t, phase, k, ptr, dim, con):
     sto, bm = dim[D_STO] != 0, dim[D_BM] != 0
     dac, adc = _plans(dim, con)
     m, w = 4 * h, n + h + 1
-    a = carray(_float32_at(ptr[P_OUT]), (B, m))
-    alpha = carray(_float32_at(ptr[P_ALPHA]), B)
-    G = carray(_float32_at(ptr[P_G]), (T, B, m))
-    C = carray(_float32_at(ptr[P_C]), (T + 1, B, h))
-    TC = carray(_float32_at(ptr[P_TC]), (T, B, h))
-    Z = carray(_float32_at(ptr[P_Z]), (T + 1, B, w))
+    a = carray(float32_at(ptr[P_OUT]), (B, m))
+    alpha = carray(float32_at(ptr[P_ALPHA]), B)
+    G = carray(float32_at(ptr[P_G]), (T, B, m))
+    C = carray(float32_at(ptr[P_C]), (T + 1, B, h))
+    TC = carray(float32_at(ptr[P_TC]), (T, B, h))
+    Z = carray(float32_at(ptr[P_Z]), (T + 1, B, w))
     if t >= 0 and phase != CELL and out_side:
-        noise = carray(_float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, m))
+        noise = carray(float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, m))
         sat_rows = carray(_int64_at(ptr[P_SAT]), B)
         n_sat = _output(a, noise, k, adc, alpha, a, sat_rows, has_noise)
         if bm and n_sat > 0:
@@ -206,8 +206,8 @@ def forward_step(t, phase, k, ptr, dim, con):
     if t >= 0:
         cell_forward(a, t, n, G, C, TC, Z)
     if in_side and t + 1 < T:
-        u = carray(_float32_at(ptr[P_U]), (B, w))
-        x_q = carray(_float32_at(ptr[P_XQ]), (B, w))
+        u = carray(float32_at(ptr[P_U]), (B, w))
+        x_q = carray(float32_at(ptr[P_XQ]), (B, w))
         _input(Z[t + 1], alpha, u, dac, x_q, sto)
     return 0
 
@@ -227,12 +227,12 @@ def backward_step(t, phase, k, ptr, dim, con):
     sto, bm = dim[D_STO] != 0, dim[D_BM] != 0
     dac, adc = _plans(dim, con)
     m, w = 4 * h, n + h + 1
-    alpha = carray(_float32_at(ptr[P_ALPHA]), B)
-    DZ = carray(_float32_at(ptr[P_DZ]), (T + 1, B, w))
+    alpha = carray(float32_at(ptr[P_ALPHA]), B)
+    DZ = carray(float32_at(ptr[P_DZ]), (T + 1, B, w))
     if t + 1 < T and phase != CELL:
-        z = carray(_float32_at(ptr[P_OUT]), (B, w))
+        z = carray(float32_at(ptr[P_OUT]), (B, w))
         if out_side:
-            noise = carray(_float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, w))
+            noise = carray(float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, w))
             sat_rows = carray(_int64_at(ptr[P_SAT]), B)
             n_sat = _output(z, noise, k, adc, alpha, DZ[t + 1], sat_rows, has_noise)
             if bm and n_sat > 0:
@@ -241,16 +241,16 @@ def backward_step(t, phase, k, ptr, dim, con):
             DZ[t + 1] = z
     if phase == OUTPUT or t < 0:
         return 0
-    gh = carray(_float32_at(ptr[P_GH]), (T, B, h))
-    G = carray(_float32_at(ptr[P_G]), (T, B, m))
-    C = carray(_float32_at(ptr[P_C]), (T + 1, B, h))
-    TC = carray(_float32_at(ptr[P_TC]), (T, B, h))
-    dc = carray(_float32_at(ptr[P_DC]), (B, h))
-    dA = carray(_float32_at(ptr[P_DA]), (T, B, m))
+    gh = carray(float32_at(ptr[P_GH]), (T, B, h))
+    G = carray(float32_at(ptr[P_G]), (T, B, m))
+    C = carray(float32_at(ptr[P_C]), (T + 1, B, h))
+    TC = carray(float32_at(ptr[P_TC]), (T, B, h))
+    dc = carray(float32_at(ptr[P_DC]), (B, h))
+    dA = carray(float32_at(ptr[P_DA]), (T, B, m))
     cell_backward(t, gh, DZ[t + 1], n, G, C, TC, dc, dA)
     if in_side:
-        u = carray(_float32_at(ptr[P_U]), (B, m))
-        x_q = carray(_float32_at(ptr[P_XQ]), (B, m))
+        u = carray(float32_at(ptr[P_U]), (B, m))
+        x_q = carray(float32_at(ptr[P_XQ]), (B, m))
         _input(dA[t], alpha, u, dac, x_q, sto)
     return 0
 
@@ -307,7 +307,7 @@ class _Loop:
         forward: bool,
     ) -> None:
         n_in, n_out = (n + h + 1, 4 * h) if forward else (4 * h, n + h + 1)
-        p = _plan(io)
+        p = plan_of(io)
         ideal = is_ideal(io)  # the reference does one matmul and nothing else
         self.plan, self.generator, self.T = p, generator, T
         self.in_side = not (ideal or p.identity_input)  # else the matmul reads x itself

@@ -1,14 +1,14 @@
 """Triton twin of :func:`rpusim.periphery.analog_mvm_reference`: the same read, bit for bit.
 
-The GPU counterpart of :mod:`rpusim.kernels.numba_periphery`, with the same split. On a GPU the
+The GPU counterpart of :mod:`rpusim.periphery.numba`, with the same split. On a GPU the
 reference's ~20 elementwise torch calls per read are ~20 kernel launches and as many passes
 over memory; the twin does the read in five calls:
 
 1. the uniforms of stochastic rounding (if on): the reference's ``torch.rand`` call itself;
-2. :func:`_input_side` (Triton): noise management, input clip, DAC, one program per row;
+2. :func:`input_side` (Triton): noise management, input clip, DAC, one program per row;
 3. ``x_q @ W.T`` (``x_q @ W`` backward): the very torch call of the reference, so the same sums;
 4. the output noise (if on): the reference's ``torch.randn`` call itself;
-5. :func:`_output_side` (Triton): noise, saturation flags, ADC, the scale ``alpha`` back.
+5. :func:`output_side` (Triton): noise, saturation flags, ADC, the scale ``alpha`` back.
 
 Bound management re-reads the saturated rows the same way (steps 1-5 on those rows, input
 halved once more), drawing the same tensors in the same order as the reference; as in the
@@ -21,7 +21,7 @@ every constant a float32 (as torch casts a Python scalar to the tensor's dtype).
 defaults would break that and are avoided: ``a / b`` on float32 compiles to an approximate
 division (``tl.div_rn`` is the IEEE one); ``a * b + c`` is contracted to one FMA and ``floor``
 flushes subnormals to zero, unless the kernel is launched with
-:data:`~rpusim.kernels.triton_update.IEEE_F32`. Triton has no round-half-to-even outside
+:data:`~rpusim.update.triton.IEEE_F32`. Triton has no round-half-to-even outside
 libdevice (which the interpreter cannot run), so :func:`_rint` builds it from ``floor``.
 """
 
@@ -36,9 +36,9 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from rpusim.config import IOConfig
-from rpusim.kernels import cached_by_identity
-from rpusim.kernels.triton_update import IEEE_F32
 from rpusim.periphery import converter_step
+from rpusim.twins import cached_by_identity
+from rpusim.update.triton import IEEE_F32
 
 #: Columns per block of the row loops (a read of up to this many columns is one block).
 BLOCK = 512
@@ -119,7 +119,7 @@ def _clip(v, bound):
 
 
 @triton.jit
-def _input_side(
+def input_side(
     x_ptr, rows_ptr, alpha_ptr, u_ptr, x_q_ptr, n, factor,
     bound, per_step, step,
     NM: tl.constexpr, REREAD: tl.constexpr, CLIP: tl.constexpr, QUANT: tl.constexpr,
@@ -171,7 +171,7 @@ def _input_side(
 
 
 @triton.jit
-def _output_side(
+def output_side(
     z_ptr, rows_ptr, noise_ptr, alpha_ptr, y_ptr, sat_ptr, m, factor,
     sigma, bound, per_step, step,
     NM: tl.constexpr, REREAD: tl.constexpr, NOISE: tl.constexpr, CLIP: tl.constexpr,
@@ -207,7 +207,7 @@ def _output_side(
 
 def interpreted() -> bool:
     """True when the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` at import)."""
-    return isinstance(_input_side, InterpretedFunction)
+    return isinstance(input_side, InterpretedFunction)
 
 
 #: The plan of a periphery config (a config object is read thousands of times).
@@ -262,7 +262,7 @@ def _read(x, x_c, matrix, p, generator, alpha, rows, factor, y):
     else:
         x_q = torch.empty((k, n_in), dtype=torch.float32, device=x_c.device)
     if x_q is not x and k:
-        _input_side[(k,)](
+        input_side[(k,)](
             x_c, rows, alpha, u, x_q, n_in, float(factor),
             p.dac.bound, p.dac.per_step, p.dac.step,
             NM=p.nm, REREAD=reread, CLIP=p.dac.clip, QUANT=p.dac.quantize, STO=p.sto,
@@ -276,7 +276,7 @@ def _read(x, x_c, matrix, p, generator, alpha, rows, factor, y):
     sat = torch.empty(k, dtype=torch.int32, device=z.device) if p.adc.clip else None
     out = z if y is None else y
     if k:
-        _output_side[(k,)](
+        output_side[(k,)](
             z, rows, noise, alpha, out, sat, m, float(factor),
             p.out_noise, p.adc.bound, p.adc.per_step, p.adc.step,
             NM=p.nm, REREAD=reread, NOISE=p.noise, CLIP=p.adc.clip, QUANT=p.adc.quantize,

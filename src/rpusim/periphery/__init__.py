@@ -14,11 +14,11 @@ Two implementations give the same bits for the same generator state:
 * :func:`analog_mvm_reference`: plain torch, a line-by-line transcription of the list above; any
   device. Its float32 arithmetic is written so that a compiled twin can repeat it exactly (a
   converter multiplies by ``1/step`` rather than dividing by ``step``).
-* :mod:`rpusim.kernels.numba_periphery`: the CPU twin. At batch 1 a read is a few hundred
+* :mod:`rpusim.periphery.numba`: the CPU twin. At batch 1 a read is a few hundred
   multiply-adds, so the reference's ~20 tiny torch calls cost far more than the arithmetic; the
   twin does each side of the array (input: steps 1-2; output: steps 3-5) in one compiled loop,
   and keeps the array multiply and the random draws as the very same torch calls.
-* :mod:`rpusim.kernels.triton_periphery`: the GPU twin, the same split with Triton kernels.
+* :mod:`rpusim.periphery.triton`: the GPU twin, the same split with Triton kernels.
 
 :func:`analog_mvm` picks one (``backend``); with an ideal periphery (every setting off) both
 reduce to one matrix product.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from rpusim.config import IOConfig
-from rpusim.kernels import triton_installed
+from rpusim.twins import triton_installed
 
 BACKENDS = ("auto", "numba", "torch", "triton")
 
@@ -122,7 +122,7 @@ def analog_mvm(
     if backend == "numba":
         return _numba_twin()(weights, x, io, generator, transposed)
     if backend == "triton":
-        from rpusim.kernels.triton_periphery import analog_mvm_triton
+        from rpusim.periphery.triton import analog_mvm_triton
 
         return analog_mvm_triton(weights, x, io, generator, transposed)
     if backend == "torch":
@@ -213,7 +213,7 @@ def _numba_twin():
     """The compiled twin, imported on first use (numba compiles, or loads its cache, then)."""
     global _twin
     if _twin is None:
-        from rpusim.kernels.numba_periphery import analog_mvm_numba
+        from rpusim.periphery.numba import analog_mvm_numba
 
         _twin = analog_mvm_numba
     return _twin

@@ -1,0 +1,115 @@
+"""The pulsed update in plain torch: the references its compiled twins are tested against.
+
+* :func:`pulsed_update_reference`: one pair at a time, every random number from the
+  counter-based generator of :mod:`rpusim.rng`, float arithmetic in one fixed order that the
+  twins copy exactly: given the same ``key`` they give the same weights bit for bit.
+* :func:`pulsed_update_one_by_one`: slow, literal section 3.4 (one coincidence at a time, fresh
+  noise and a clip after each), random numbers from a ``torch.Generator``; the tests show the
+  references match it statistically.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rpusim import rng
+from rpusim.config import UpdateConfig
+from rpusim.devices import DeviceArrays
+from rpusim.update.plan import check_args, pulse_scales, sqrt_counts
+
+
+@torch.no_grad()
+def pulsed_update_reference(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    d: torch.Tensor,
+    lr: float,
+    dev: DeviceArrays,
+    cfg: UpdateConfig,
+    dw_min: float,
+    key: int,
+) -> None:
+    """Apply ``W <- W - lr d^T x`` as pulse coincidences, pair by pair (plain torch).
+
+    Args:
+        w: ``(out, in)`` float32 weights, modified in place.
+        x: ``(K, in)`` float32 inputs; row ``k`` is the k-th pair in time order.
+        d: ``(K, out)`` float32 errors.
+        lr: learning rate.
+        dev: per-device steps ``dw_up``/``dw_down``, bounds ``w_min``/``w_max`` (all
+            ``(out, in)``) and the cycle-to-cycle spread ``dw_min_std``.
+        cfg: bit length and update/BL management.
+        dw_min: nominal step, used for the pulse probabilities.
+        key: in ``[0, 2**31)``; fixes every random number of the call.
+    """
+    check_args(w, x, d, dev, key)
+    n_out, n_in = w.shape
+    on = w.device
+    a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)
+    p = torch.clamp(a.to(on)[:, None] * x.abs(), max=1.0)  # (K, in) column firing probabilities
+    q = torch.clamp(b.to(on)[:, None] * d.abs(), max=1.0)  # (K, out) row firing probabilities
+    c2c_std = torch.tensor(dev.dw_min_std, dtype=torch.float32, device=on)
+    sqrt_n = sqrt_counts().to(on)
+
+    for k in range(x.shape[0]):
+        if a[k] == 0:
+            continue
+        n_slots = int(bl[k])
+        col_u = rng.pulse_uniforms(key, rng.STREAM_COL, k, n_slots, n_in, on)  # (BL, in)
+        row_u = rng.pulse_uniforms(key, rng.STREAM_ROW, k, n_slots, n_out, on)  # (BL, out)
+        col_fires, row_fires = col_u < p[k], row_u < q[k]
+        # Coincidences: slots in which both lines of a device fired (exact small integers).
+        n = row_fires.T.to(torch.float32) @ col_fires.to(torch.float32)  # (out, in)
+
+        s = -(torch.sign(d[k])[:, None] * torch.sign(x[k])[None, :])  # (out, in) direction
+        dw = torch.where(s > 0, dev.dw_up, dev.dw_down)
+        z = rng.device_normals(key, k, n_out, n_in, on)  # (out, in) one table Gaussian each
+        # The n steps dw (1 + std xi) of one device, summed: dw (n + std sqrt(n) z), one
+        # Gaussian for the sum of n noises. The twin computes (std * sqrt(n)) * z, then n + .,
+        # then dw * ., then w + s * ., in float32 in this order.
+        step = dw * (n + (c2c_std * sqrt_n[n.long()]) * z)
+        w_new = torch.clamp(w + s * step, dev.w_min, dev.w_max)
+        # A device without a coincidence received no pulse pair: it is not touched.
+        w.copy_(torch.where(n > 0, w_new, w))
+
+
+@torch.no_grad()
+def pulsed_update_one_by_one(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    d: torch.Tensor,
+    lr: float,
+    dev: DeviceArrays,
+    cfg: UpdateConfig,
+    dw_min: float,
+    key: int,
+) -> None:
+    """Section 3.4 literally: each coincidence is its own noisy step, clipped after each.
+
+    Same arguments as :func:`pulsed_update_reference`. Randomness comes from a
+    ``torch.Generator`` seeded with ``key``: this reference is compared with the aggregated one
+    statistically, not bit for bit. Slow (a loop over pairs and coincidences); for tests.
+    """
+    check_args(w, x, d, dev, key)
+    n_out, n_in = w.shape
+    gen = torch.Generator().manual_seed(key)
+    a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)
+    p = torch.clamp(a.to(w.device)[:, None] * x.abs(), max=1.0)
+    q = torch.clamp(b.to(w.device)[:, None] * d.abs(), max=1.0)
+
+    for k in range(x.shape[0]):
+        if a[k] == 0:
+            continue
+        n_slots = int(bl[k])
+        col_fires = torch.rand((n_slots, n_in), generator=gen).to(w.device) < p[k]
+        row_fires = torch.rand((n_slots, n_out), generator=gen).to(w.device) < q[k]
+        n = row_fires.T.to(torch.float32) @ col_fires.to(torch.float32)
+        s = -(torch.sign(d[k])[:, None] * torch.sign(x[k])[None, :])
+        dw = torch.where(s > 0, dev.dw_up, dev.dw_down)
+        for c in range(1, n_slots + 1):
+            hit = n >= c
+            if not hit.any():
+                break
+            xi = torch.randn((n_out, n_in), generator=gen).to(w.device)
+            w_new = torch.clamp(w + s * dw * (1.0 + dev.dw_min_std * xi), dev.w_min, dev.w_max)
+            w.copy_(torch.where(hit, w_new, w))
