@@ -27,7 +27,7 @@ import time
 import torch
 
 from rpusim.config import DeviceConfig, UpdateConfig
-from rpusim.devices import constant_step
+from rpusim.devices import sample_devices
 from rpusim.update import pulsed_update
 
 N_PAIRS = 3200
@@ -66,7 +66,7 @@ def main(quick: bool = False, n_pairs: int = N_PAIRS) -> dict:
     x, d = lstm_update_inputs(gen, n_pairs)
     n_out, n_in = d.shape[1], x.shape[1]
     dev_cfg = DeviceConfig()
-    dev = constant_step(dev_cfg, n_out, n_in, gen)
+    dev = sample_devices(dev_cfg, n_out, n_in, gen)
     cfg = UpdateConfig(bl=BL, update_management=True)
     w = (0.1 * torch.randn(n_out, n_in, generator=gen)).to(torch.float32)
     repeats = 7 if quick else 31

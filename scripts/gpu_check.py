@@ -19,7 +19,7 @@ import time
 import torch
 
 from rpusim.config import BackwardIOConfig, DeviceConfig, IOConfig, UpdateConfig
-from rpusim.devices import constant_step
+from rpusim.devices import sample_devices
 from rpusim.periphery import analog_mvm_reference
 from rpusim.periphery.triton import analog_mvm_triton
 from rpusim.update import pulsed_update_reference
@@ -49,7 +49,7 @@ def row(what: str, same: bool, ref: float, twin: float, gemm: float | None = Non
 
 def check_update(n_pairs: int, cfg: UpdateConfig, tiles: list[tuple[int, int]]) -> bool:
     gen = torch.Generator().manual_seed(n_pairs)
-    dev = constant_step(DeviceConfig(), OUT, IN, gen).to("cuda")
+    dev = sample_devices(DeviceConfig(), OUT, IN, gen).to("cuda")
     x = (2 * torch.rand(n_pairs, IN, generator=gen) - 1).cuda()  # LSTM inputs: tanh-like
     d = (0.01 * torch.randn(n_pairs, OUT, generator=gen)).cuda()  # small gate errors
     w0 = (0.1 * torch.randn(OUT, IN, generator=gen)).cuda()

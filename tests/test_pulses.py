@@ -16,7 +16,7 @@ from twin_cases import update_pairs
 
 from rpusim import rng
 from rpusim.config import DeviceConfig, UpdateConfig
-from rpusim.devices import DeviceArrays, constant_step
+from rpusim.devices import DeviceArrays, sample_devices
 from rpusim.update import (
     pulse_scales,
     pulsed_update,
@@ -32,7 +32,7 @@ IDEAL = dict(dw_min_dtod=0.0, dw_min_std=0.0, up_down_dtod=0.0, w_max=None, w_mi
 def devices(n_out: int, n_in: int, seed: int = 0, **overrides) -> DeviceArrays:
     """Per-device parameters of a constant-step tile (d2d drawn from ``seed``)."""
     gen = torch.Generator().manual_seed(seed)
-    return constant_step(DeviceConfig(**overrides), n_out, n_in, gen)
+    return sample_devices(DeviceConfig(**overrides), n_out, n_in, gen)
 
 
 def numba_update(w, x, d, lr, dev, cfg, dw_min, key):

@@ -33,7 +33,7 @@ def test_set_weights_clips_to_each_devices_own_bounds():
     assert torch.equal(tile.get_weights(), state["w_max"])
     tile.set_weights(torch.full((20, 30), -10.0))
     assert torch.equal(tile.get_weights(), state["w_min"])
-    assert set(state) == {"dw_up", "dw_down", "w_max", "w_min"}
+    assert set(state) == {"dw_up", "dw_down", "w_max", "w_min", "w_sym"}
     assert all(v.shape == (20, 30) for v in state.values())
 
 

@@ -31,7 +31,7 @@ import torch
 from twin_cases import assert_same_reads, random_io, reads_by_both, update_pairs
 
 from rpusim.config import DeviceConfig, IOConfig, UpdateConfig
-from rpusim.devices import constant_step
+from rpusim.devices import sample_devices
 from rpusim.update import pulsed_update, pulsed_update_reference
 
 #: This process runs Triton's interpreter (the variable is read as triton reads it).
@@ -97,7 +97,7 @@ def _update_case(name: str):
     n_pairs, n_out, n_in, lr, upd, dev_kw, _ = UPDATE_CASES[name]
     gen = torch.Generator().manual_seed(len(name))
     # The default device has device-to-device spread of steps, bounds and asymmetry.
-    dev = constant_step(DeviceConfig(**dev_kw), n_out, n_in, torch.Generator().manual_seed(3))
+    dev = sample_devices(DeviceConfig(**dev_kw), n_out, n_in, torch.Generator().manual_seed(3))
     x, d = update_pairs(gen, n_pairs, n_out, n_in)
     w0 = (0.5 if name == "bounds_reached" else 0.1) * torch.randn(n_out, n_in, generator=gen)
     return w0, x, d, lr, dev, UpdateConfig(**upd), DeviceConfig(**dev_kw).dw_min

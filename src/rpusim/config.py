@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from rpusim.devices import MODELS, AnyDeviceConfig
+from rpusim.devices.constant_step import ConstantStepConfig
+from rpusim.devices.presets import DEVICE_PRESETS, preset_section
+from rpusim.schema import ConfigError, Section
 
-class ConfigError(ValueError):
-    """A configuration value was refused. The message is one line: ``key: what is allowed``."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+_Section = Section
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,25 +32,9 @@ class _Section(BaseModel):
 # ---------------------------------------------------------------------------------------------
 
 
-class DeviceConfig(_Section):
-    """A resistive cross-point device. ``kind`` selects the device model (see ``devices.py``)."""
-
-    kind: Literal["constant_step"] = Field("constant_step", description="the device model")
-    dw_min: float = Field(0.001, gt=0, description="mean weight step per coincidence")
-    dw_min_dtod: float = Field(0.3, ge=0, description="device-to-device spread of the step")
-    dw_min_std: float = Field(0.3, ge=0, description="cycle-to-cycle spread of each step")
-    up_down: float = Field(0.0, gt=-1, lt=1, description="mean up/down asymmetry (fraction)")
-    up_down_dtod: float = Field(0.01, ge=0, description="device-to-device spread of asymmetry")
-    w_max: float | None = Field(0.6, ge=0, description="upper weight bound (null: unbounded)")
-    w_min: float | None = Field(-0.6, le=0, description="lower weight bound (null: unbounded)")
-    w_max_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_max")
-    w_min_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_min")
-
-    @model_validator(mode="after")
-    def _bounds_ordered(self) -> DeviceConfig:
-        if self.w_max is not None and self.w_min is not None and self.w_min >= self.w_max:
-            raise ValueError(f"w_min ({self.w_min}) must be below w_max ({self.w_max})")
-        return self
+#: The constant-step device's config (the paper's device; ``rpu.device`` by default). Every
+#: device model's config lives beside its physics in :mod:`rpusim.devices`.
+DeviceConfig = ConstantStepConfig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +109,7 @@ class RPUConfig(_Section):
     >>> cfg = RPUConfig.preset("rpu_baseline").override({"device.up_down": 0.02})
     """
 
-    device: DeviceConfig = DeviceConfig()
+    device: AnyDeviceConfig = ConstantStepConfig()
     forward: IOConfig = IOConfig()
     backward: BackwardIOConfig = BackwardIOConfig()
     update: UpdateConfig = UpdateConfig()
@@ -224,11 +207,56 @@ def apply_overrides(tree: dict[str, Any], changes: dict[str, Any], prefix: str =
                 raise ConfigError(f"{where}: unknown key{_suggest(part, options)}")
             if depth == len(parts) - 1:
                 node[part] = value
+                if depth >= 1 and parts[depth - 1] == "device" and part in ("kind", "preset"):
+                    reshaped = reshape_device(node, part, value, where)
+                    node.clear()
+                    node.update(reshaped)
             else:
                 if not isinstance(node[part], dict):
                     raise ConfigError(f"{where}: is a value, not a section (no '.' after it)")
                 node = node[part]
     return out
+
+
+def reshape_device(section: dict[str, Any], changed: str, value: Any, where: str) -> dict:
+    """A device section after its ``preset`` or ``kind`` was set to ``value``.
+
+    ``preset: NAME``: the published fit's values replace the whole section (keys set after it
+    change them again). ``kind: NAME``: the new model's defaults, with the section's current
+    values for the keys both models have; a key only the old model has is dropped where it holds
+    its default, and kept (so that validation names it) where it was set.
+    """
+    if changed == "preset":
+        if value is None:
+            return dict(section)
+        if not isinstance(value, str) or value not in DEVICE_PRESETS:
+            hint = _suggest(str(value), list(DEVICE_PRESETS))
+            raise ConfigError(f"{where}: {value!r} is not a device preset{hint}")
+        preset = preset_section(value)
+        return {**MODELS[preset["kind"]].Config().model_dump(), **preset}
+    if not isinstance(value, str) or value not in MODELS:
+        return dict(section)  # validation refuses the value, naming the allowed kinds
+    old = MODELS.get(section.get("kind", "constant_step"))
+    old_defaults = old.Config().model_dump() if old is not None else {}
+    new = MODELS[value].Config().model_dump()
+    for key, current in section.items():
+        if key in new or current != old_defaults.get(key, object()):
+            new[key] = current
+    new["kind"] = value
+    if old is not None and value != old.KIND:
+        new["preset"] = None  # the values no longer are that fit's
+    return new
+
+
+def _device_keys_first(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with any ``device.preset`` first and ``device.kind`` next: both reshape the
+    section, so the other keys of one YAML mapping must land after them."""
+
+    def rank(key: Any) -> int:
+        text = str(key)
+        return 0 if text.endswith("device.preset") else 1 if text.endswith("device.kind") else 2
+
+    return dict(sorted(changes.items(), key=lambda item: rank(item[0])))
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -281,14 +309,17 @@ def _suggest(name: str, options: list[str]) -> str:
     return ""
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Names of the fields of the section that ``loc`` points into."""
+def _fields_at(model: type[BaseModel], loc: tuple, device_kind: str | None = None) -> list[str]:
+    """Names of the fields of the section that ``loc`` points into (a device section: those of
+    ``device_kind``'s model)."""
     current: Any = model
     for part in loc:
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             break
         ann = field.annotation
+        if part == "device" and device_kind in MODELS:
+            ann = MODELS[device_kind].Config
         current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         if current is None:
             break
@@ -297,12 +328,22 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def _one_line(model: type[BaseModel], err: ValidationError, prefix: str) -> str:
     first = err.errors()[0]
-    loc = tuple(p for p in first["loc"] if isinstance(p, str | int))
+    raw_loc = [p for p in first["loc"] if isinstance(p, str | int)]
+    # A device section's loc names the model as a tag (device.linear_step.gamma_up): drop it.
+    device_kind = None
+    for i in range(len(raw_loc) - 1, 0, -1):
+        if raw_loc[i - 1] == "device" and raw_loc[i] in MODELS:
+            device_kind = raw_loc.pop(i)
+    loc = tuple(raw_loc)
     key = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "config"
     kind = first["type"]
     value = first.get("input")
+    if kind == "union_tag_invalid":  # an unknown device.kind
+        tag = (first.get("ctx") or {}).get("tag", value)
+        return f"{key}.kind: {tag!r} is not a device model; expected one of {', '.join(MODELS)}"
     if kind == "extra_forbidden":
-        return f"{key}: unknown key{_suggest(str(loc[-1]), _fields_at(model, loc[:-1]))}"
+        options = _fields_at(model, loc[:-1], device_kind)
+        return f"{key}: unknown key{_suggest(str(loc[-1]), options)}"
     ctx = first.get("ctx") or {}
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         ops = {
@@ -437,7 +478,7 @@ class RunConfig(_Section):
         raw = dict(data)
         if "rpu" in raw:
             tree["rpu"] = _resolve_rpu(raw.pop("rpu"))
-        tree = apply_overrides(tree, _numbers(dict(_flatten(raw, tree)), tree))
+        tree = apply_overrides(tree, _numbers(_device_keys_first(dict(_flatten(raw, tree))), tree))
         for text in overrides:
             key, value = parse_assignment(text)
             if key == "rpu" or key == "rpu.preset":
@@ -488,6 +529,9 @@ def config_keys(section: type[BaseModel] | None = None, prefix: str = "") -> lis
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             rows += config_keys(kind, f"{prefix}{name}.")
             continue
+        if name == "device" and section is RPUConfig:
+            rows += _device_keys(f"{prefix}{name}.")
+            continue
         text = kind.__name__ if isinstance(kind, type) else str(kind)
         if getattr(kind, "__origin__", None) is Literal:
             text = "one of " + ", ".join(map(str, kind.__args__))
@@ -502,6 +546,23 @@ def config_keys(section: type[BaseModel] | None = None, prefix: str = "") -> lis
                 "description": field.description or "",
             }
         )
+    return rows
+
+
+def _device_keys(prefix: str) -> list[dict[str, str]]:
+    """The device section's keys: every model's, each once (a model's own keys say which
+    models have them, and show that model's default)."""
+    rows, seen = [], set()
+    for model in MODELS.values():
+        for row in config_keys(model.Config, prefix):
+            if row["key"] in seen:
+                continue
+            seen.add(row["key"])
+            if row["key"] == prefix + "kind":
+                row["type"] = "one of " + ", ".join(MODELS)
+            if row["key"] == prefix + "preset":
+                row["type"] = "null or one of " + ", ".join(DEVICE_PRESETS)
+            rows.append(row)
     return rows
 
 
@@ -521,7 +582,8 @@ def _resolve_rpu(value: Any) -> dict[str, Any]:
     if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"rpu.preset: {name!r} is unknown{_suggest(str(name), list(PRESETS))}")
     base = RPUConfig.preset(name).to_dict()
-    return apply_overrides(base, _numbers(dict(_flatten(value, base, "")), base), prefix="rpu.")
+    changes = _device_keys_first(dict(_flatten(value, base, "")))
+    return apply_overrides(base, _numbers(changes, base), prefix="rpu.")
 
 
 def _flatten(raw: dict[str, Any], defaults: dict[str, Any], prefix: str = ""):

@@ -24,7 +24,8 @@ within a call (the maps below are injective; ``key`` should differ between calls
 Mixing a *hashed* line seed into a hashed slot seed (rather than the raw line index) means that
 two slots can only coincide on isolated (line, line') pairs, as independent 32-bit draws would,
 never on a whole shifted copy of a slot. The noise of device ``(j, i)`` in pair ``k`` uses
-``row_seed[k, j] = mix32(base ^ (k * out + j))`` and ``mix32(row_seed[k, j] ^ line_seed[i])``.
+``row_seed[k, j] = mix32(base ^ (k * out + j))`` and ``h = mix32(row_seed[k, j] ^ line_seed[i])``;
+a device applied one coincidence at a time uses ``mix32(h ^ m)`` for its ``m``-th coincidence.
 
 Uniforms are ``(h >> 8) * 2**-24`` in ``[0, 1)``: 24 bits, exact in float32.
 
@@ -134,10 +135,25 @@ def normal_table_std() -> float:
     return float(normal_table().double().pow(2).mean().sqrt())
 
 
-def device_normals(key: int, k: int, n_out: int, n_in: int, device: Device = "cpu") -> torch.Tensor:
-    """One table Gaussian per device ``(j, i)`` for pair ``k``: float32 ``(n_out, n_in)``."""
+def device_hashes(key: int, k: int, n_out: int, n_in: int, device: Device = "cpu") -> torch.Tensor:
+    """One 32-bit hash per device ``(j, i)`` for pair ``k``: int64 ``(n_out, n_in)``."""
     base = stream_base(key, STREAM_C2C)
     rows = torch.arange(n_out, dtype=torch.int64, device=device)
     row_seed = mix32(base ^ (k * n_out + rows))
-    h = mix32(row_seed[:, None] ^ line_seeds(base, n_in, device)[None, :])
-    return normal_table(str(device))[h >> (32 - TABLE_BITS)]
+    return mix32(row_seed[:, None] ^ line_seeds(base, n_in, device)[None, :])
+
+
+def table_normals(h: torch.Tensor) -> torch.Tensor:
+    """The table Gaussians that 32-bit hashes ``h`` pick (float32, the shape of ``h``)."""
+    return normal_table(str(h.device))[h >> (32 - TABLE_BITS)]
+
+
+def device_normals(key: int, k: int, n_out: int, n_in: int, device: Device = "cpu") -> torch.Tensor:
+    """One table Gaussian per device ``(j, i)`` for pair ``k``: float32 ``(n_out, n_in)``."""
+    return table_normals(device_hashes(key, k, n_out, n_in, device))
+
+
+def coincidence_hash(h, m):
+    """The hash of coincidence ``m`` (0, 1, ...) of a device whose hash in this pair is ``h``:
+    ``mix32(h ^ m)``. Devices applied one coincidence at a time draw a fresh normal for each."""
+    return mix32(h ^ m)

@@ -14,7 +14,7 @@ import torch
 
 from rpusim import update as pulses
 from rpusim.config import RPUConfig
-from rpusim.devices import DeviceArrays, sample_devices
+from rpusim.devices import DeviceArrays, consts, sample_devices
 from rpusim.periphery import analog_mvm
 
 _STREAM_DEVICES, _STREAM_FORWARD, _STREAM_BACKWARD, _STREAM_UPDATE = range(4)
@@ -92,7 +92,8 @@ class AnalogTile:
         return self._w.clone()
 
     def device_state(self) -> dict[str, torch.Tensor]:
-        """Per-device parameters: ``dw_up``, ``dw_down``, ``w_max``, ``w_min``, each (out, in)."""
+        """Per-device parameters, each (out, in): ``dw_up``, ``dw_down``, ``w_max``, ``w_min``,
+        the model's own (e.g. ``slope_up``) and ``w_sym``, the symmetry point (NaN where none)."""
         return self._dev.as_dict()
 
     def read_parts(self, direction: str) -> tuple[torch.Tensor, Any, torch.Generator]:
@@ -148,7 +149,7 @@ class AnalogTile:
             "shape": [self.out_size, self.in_size],
             "seed": self.seed,
             "weights": self._w.cpu().clone(),
-            "devices": self._dev.to("cpu").as_dict(),
+            "devices": self._dev.to("cpu").state(),
             "gen_forward": self._gen_forward.get_state(),
             "gen_backward": self._gen_backward.get_state(),
             "update_count": self._update_count,
@@ -162,10 +163,9 @@ class AnalogTile:
             )
         self.seed = int(state["seed"])
         self._w.copy_(state["weights"])
-        devs = state["devices"]
-        self._dev = DeviceArrays(
-            devs["dw_up"], devs["dw_down"], devs["w_max"], devs["w_min"], self.cfg.device.dw_min_std
-        ).to(self.device)
+        dev_cfg = self.cfg.device
+        devs = DeviceArrays.from_state(dev_cfg.kind, state["devices"], consts(dev_cfg))
+        self._dev = devs.to(self.device)
         self._gen_forward.set_state(state["gen_forward"])
         self._gen_backward.set_state(state["gen_backward"])
         self._update_count = int(state["update_count"])

@@ -68,7 +68,8 @@ def pulsed_update(
         if w.device.type == "cpu":
             backend = "numba"
         else:
-            backend = "triton" if w.device.type == "cuda" and triton_installed() else "torch"
+            compiled = w.device.type == "cuda" and triton_installed() and dev.model.FOLDS
+            backend = "triton" if compiled else "torch"
     if backend == "torch":
         pulsed_update_reference(w, x, d, lr, dev, cfg, dw_min, key)
         return

@@ -26,6 +26,9 @@ the reference's order (``(std * sqrt(n)) * z``, ``n + .``, ``dw * .``, ``w + s *
 
 from __future__ import annotations
 
+from functools import cache
+from types import FunctionType
+
 import numba
 import numpy as np
 import torch
@@ -33,7 +36,8 @@ from numba import njit, prange
 
 from rpusim import rng
 from rpusim.config import UpdateConfig
-from rpusim.devices import DeviceArrays
+from rpusim.devices import MODELS, DeviceArrays
+from rpusim.devices.ops import NUMBA, bind
 from rpusim.update.plan import check_args, pulse_scales, sqrt_counts
 
 #: Most pairs whose pulse words are held at once (bounds the scratch memory).
@@ -145,16 +149,22 @@ def _pulse_pass(
                 col_mask[kk, t, i >> 6] |= bit
 
 
-@njit(cache=True, nogil=True)
 def _apply_block(
     j0, j1, k0, k1, w, x, d, row_word, col_word, col_mask,
-    dw_up, dw_down, w_min, w_max, std_sqrt, c2c_base, c2c_col_seed, table,
+    params, consts, w_min, w_max, folds, std_sqrt, c2c_base, c2c_col_seed, table,
 ):  # fmt: skip
-    """Apply the pairs ``k0 <= k < k1``, in order, to the weight rows ``j0 <= j < j1``."""
+    """Apply the pairs ``k0 <= k < k1``, in order, to the weight rows ``j0 <= j < j1``.
+
+    Each device with ``n > 0`` coincidences calls the device model: ``step_n`` once (a model
+    that ``folds``, in float32), or ``step`` ``n`` times in float64 with a fresh normal each,
+    rounded to float32 and clipped after each, as the reference does. ``step_n`` and ``step``
+    are the model's, bound as globals of this model's copy of the kernel (:func:`kernels`).
+    """
     n_out = w.shape[0]
     n_wd = col_mask.shape[2]
     noisy = std_sqrt[1] != _ZERO
     hit_mask = np.empty(n_wd, np.uint64)
+    p = np.empty(params.shape[0], np.float64)  # one device's parameters, in float64
     for k in range(k0, k1):
         kk = k - k0
         for j in range(j0, j1):
@@ -178,25 +188,36 @@ def _apply_block(
                     b_i, v = _lowest_bit(v)
                     i = wd * 64 + b_i
                     c = _popcount(rw & col_word[kk, i])
-                    n = np.float32(c)
-                    if noisy:
-                        z = table[_mix32(dev_seed ^ c2c_col_seed[i]) >> _GAUSS_SHIFT]
-                        e = n + std_sqrt[c] * z
-                    else:
-                        e = n  # n + (0 * sqrt(n)) * z is exactly n
-                    # s = -sign(d) sign(x) > 0: potentiation, with this device's own up step.
+                    # s = -sign(d) sign(x) > 0: potentiation (an up step).
                     up = d_pos != (x[k, i] > _ZERO)
-                    dw = dw_up[j, i] if up else dw_down[j, i]
-                    s = _ONE if up else -_ONE
-                    v_new = w[j, i] + s * (dw * e)
-                    v_new = max(v_new, w_min[j, i])
-                    w[j, i] = min(v_new, w_max[j, i])
+                    lo, hi = w_min[j, i], w_max[j, i]
+                    if folds:
+                        z = _ZERO
+                        if noisy:
+                            z = table[_mix32(dev_seed ^ c2c_col_seed[i]) >> _GAUSS_SHIFT]
+                        n = np.float32(c)
+                        v_new = step_n(w[j, i], up, params[0, j, i], params[1, j, i], n,
+                                       std_sqrt[c], z)  # fmt: skip
+                        w[j, i] = min(max(v_new, lo), hi)
+                        continue
+                    for q in range(p.shape[0]):
+                        p[q] = np.float64(params[q, j, i])
+                    h = _mix32(dev_seed ^ c2c_col_seed[i])
+                    wij = w[j, i]
+                    for m in range(c):
+                        z64 = np.float64(table[_mix32(h ^ m) >> _GAUSS_SHIFT])
+                        v_new = np.float32(
+                            step(np.float64(wij), up, np.float64(hi), np.float64(lo), p, consts,
+                                 z64)
+                        )  # fmt: skip
+                        wij = min(max(v_new, lo), hi)
+                    w[j, i] = wij
 
 
-@njit(cache=True, nogil=True, parallel=True)
 def _apply_pass(
     w, x, d, k0, k1, row_word, col_word, col_mask,
-    dw_up, dw_down, w_min, w_max, c2c_std, sqrt_n, c2c_base, c2c_col_seed, table, block_rows,
+    params, consts, w_min, w_max, folds,
+    c2c_std, sqrt_n, c2c_base, c2c_col_seed, table, block_rows,
 ):  # fmt: skip
     """Pass 2, parallel over blocks of weight rows; each block applies the chunk's pairs in
     order. Rows never interact, so the blocks need no synchronisation."""
@@ -209,10 +230,45 @@ def _apply_pass(
     for blk in prange(n_blocks):
         j0 = blk * block_rows
         j1 = min(n_out, j0 + block_rows)
-        _apply_block(
+        apply_block(
             j0, j1, k0, k1, w, x, d, row_word, col_word, col_mask,
-            dw_up, dw_down, w_min, w_max, std_sqrt, c2c_base, c2c_col_seed, table,
+            params, consts, w_min, w_max, folds, std_sqrt, c2c_base, c2c_col_seed, table,
         )  # fmt: skip
+
+
+#: The names the kernels above call; each model's copy of them binds these (:func:`kernels`).
+step = step_n = apply_block = None
+
+
+def _unused_step_n(w, up, dw_up, dw_down, n, std_sqrt_n, z):
+    return w
+
+
+@cache
+def kernels(kind: str):
+    """This module's pass 2 (:func:`_apply_pass` and :func:`_apply_block`) compiled for the
+    device model ``kind``, its response (``step_n``, ``step``) bound as globals, as numba
+    compiles a call to a global function: inlined into the device loop.
+
+    Each compiled function is published as an attribute of this module under a name of its own
+    (``response_linear_step_step``, ``apply_pass_linear_step``, ...), which is the name numba's
+    on-disk cache stores it by: the next process loads it instead of compiling it again.
+    """
+    model = MODELS[kind]
+    step_fn = njit_as(f"response_{kind}_step", bind(model.step, NUMBA))
+    step_n_py = bind(model.step_n, NUMBA) if model.FOLDS else _unused_step_n
+    step_n_fn = njit_as(f"response_{kind}_step_n", step_n_py)
+    block = njit_as(f"apply_block_{kind}", _apply_block, step=step_fn, step_n=step_n_fn)
+    return njit_as(f"apply_pass_{kind}", _apply_pass, parallel=True, apply_block=block)
+
+
+def njit_as(name: str, fn, parallel: bool = False, **bound):
+    """``fn`` with the globals ``bound``, named ``name`` in this module, compiled (cached)."""
+    copy = FunctionType(fn.__code__, {**fn.__globals__, **bound}, name, fn.__defaults__)
+    copy.__qualname__, copy.__module__ = name, __name__
+    dispatcher = njit(cache=True, nogil=True, parallel=parallel)(copy)
+    globals()[name] = dispatcher
+    return dispatcher
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -241,8 +297,10 @@ def pulsed_update_numba(
     a_np, b_np, bl_np = a.numpy(), b.numpy(), bl.numpy()
     x_np, d_np = _as_numpy(x), _as_numpy(d)
     w_np = w.detach().numpy() if w.is_contiguous() else w.detach().contiguous().numpy()
-    dw_up, dw_down = _as_numpy(dev.dw_up), _as_numpy(dev.dw_down)
+    params = _as_numpy(dev.params)
+    consts = np.asarray(dev.consts, np.float64)
     w_min, w_max = _as_numpy(dev.w_min), _as_numpy(dev.w_max)
+    apply_pass = kernels(dev.kind)
 
     col_base = rng.stream_base(key, rng.STREAM_COL)
     row_base = rng.stream_base(key, rng.STREAM_ROW)
@@ -279,10 +337,10 @@ def pulsed_update_numba(
                 x_np, d_np, a_np, b_np, bl_np, k0, k1, col_base, row_base, col_seed, row_seed,
                 col_word, col_mask, row_word,
             )  # fmt: skip
-            _apply_pass(
+            apply_pass(
                 w_np, x_np, d_np, k0, k1, row_word, col_word, col_mask,
-                dw_up, dw_down, w_min, w_max, c2c_std, sqrt_n, c2c_base, c2c_col_seed, table,
-                block_rows,
+                params, consts, w_min, w_max, dev.model.FOLDS,
+                c2c_std, sqrt_n, c2c_base, c2c_col_seed, table, block_rows,
             )  # fmt: skip
     finally:
         numba.set_num_threads(threads)

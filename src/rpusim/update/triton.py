@@ -217,6 +217,11 @@ def pulsed_update_triton(
     device tile of pass 2 (powers of 2); the result does not depend on it.
     """
     check_args(w, x, d, dev, key)
+    if not dev.model.FOLDS:
+        raise NotImplementedError(
+            f"the Triton update has no one-at-a-time path yet: device kind {dev.kind!r} runs on "
+            "the torch reference on CUDA (backend 'auto' does so)"
+        )
     on = w.device
     if on.type == "cpu" and not interpreted():
         raise ValueError("the Triton update needs CUDA tensors (or TRITON_INTERPRET=1)")
