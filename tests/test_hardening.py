@@ -475,3 +475,19 @@ def test_a_run_diverging_before_its_first_checkpoint_says_none_exists(tmp_path, 
     assert summary["status"] == "diverged"
     assert "no checkpoint exists yet" in summary["message"]
     assert "last good checkpoint" not in summary["message"]
+
+
+def test_a_billion_laughs_in_an_experiment_fails_in_one_short_line(tmp_path, capsys):
+    exp = tmp_path / "exp.yaml"
+    bomb = billion_laughs()
+    for text in (
+        f"base: {{}}\ngrid: {{train.lr: [{bomb}]}}\n",
+        f"name: {bomb}\nbase: {{}}\n",
+        f"base_config: {bomb}\n",
+        f"base: {{}}\nvariants: {{fp: {{train.lr: {bomb}}}}}\n",
+    ):
+        exp.write_text(text)
+        with deadline(20):
+            rc, _, err = cli(["sweep", exp, "--out", tmp_path / "o"], capsys)
+        one_line(rc, err)
+        assert len(err) < 400

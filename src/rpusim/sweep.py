@@ -37,7 +37,12 @@ others from their checkpoints (``train(..., resume=True)``); a point whose exper
 for more ``train.epochs`` or ``train.max_chars`` is continued; a point whose config changed in
 anything else is refused (recorded as failed) rather than mixed. A point that raises is recorded
 with its error (traceback in ``OUT/<point>/error.txt``) and the others go on. An exclusive lock
-(``fcntl.flock`` on ``OUT/.sweep.lock``) refuses a second sweep on the same ``OUT``.
+(``fcntl.flock`` on ``OUT/.sweep.lock``) refuses a second sweep on the same ``OUT``, and each run
+locks its own folder (``train.py``), so a rerun never trains a point beside a survivor. The pool's
+workers die with the sweep, even one killed with SIGKILL (Linux's parent-death signal, and a check
+of the parent before each point); SIGTERM stops a sweep through its cleanup (the workers stop, a
+local Ray cluster shuts down). Variant and axis names become folder names: they are letters,
+digits, ``_ . + -`` (no ``/``, no leading ``.``), so every run folder lies inside ``OUT``.
 
 Every run uses ``--threads`` torch and numba threads (1 by default) whatever the number of
 workers, and every random stream is seeded from its config, so the results do not depend on
@@ -173,14 +178,14 @@ def load_experiment(path: str | Path) -> Experiment:
         )
     if unknown:
         raise SweepError(
-            f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+            f"{path}: unknown key {short_repr(unknown[0])}; allowed: {', '.join(sorted(_TOP_KEYS))}"
         )
     if "base" in data and "base_config" in data:
         raise SweepError(f"{path}: give either base or base_config, not both")
     if "base_config" in data:
         ref = data["base_config"]
         if not isinstance(ref, str):
-            raise SweepError(f"{path}: base_config must be a file path, got {ref!r}")
+            raise SweepError(f"{path}: base_config must be a file path, got {short_repr(ref)}")
         base = load_yaml(path.parent / ref if not Path(ref).is_absolute() else Path(ref))
     else:
         base = data.get("base") or {}
@@ -194,7 +199,8 @@ def load_experiment(path: str | Path) -> Experiment:
     for name, over in variants.items():
         if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
             raise SweepError(
-                f"{path}: variant name {name!r} must be letters, digits, '_', '.', '+' or '-'"
+                f"{path}: variant name {short_repr(name)} must be letters, digits, '_', '.', "
+                "'+' or '-'"
             )
         if not isinstance(over, dict | type(None)):
             raise SweepError(f"{path}: variants.{name} must be a mapping of overrides")
@@ -205,6 +211,9 @@ def load_experiment(path: str | Path) -> Experiment:
     ):
         raise SweepError(f"{path}: scales must map names (quick, paper) to override mappings")
     scales = {str(k): dict(v or {}) for k, v in scales.items()}
+    for key in ("name", "description"):
+        if not isinstance(data.get(key), str | type(None)):
+            raise SweepError(f"{path}: {key} must be text, got {short_repr(data[key])}")
     return Experiment(
         name=str(data.get("name") or path.stem),
         base=base,
@@ -308,7 +317,9 @@ def merge(tree: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(tree)
     for dotted, value in changes.items():
         if not isinstance(dotted, str) or not dotted:
-            raise SweepError(f"override key {dotted!r}: expected a dotted name such as train.lr")
+            raise SweepError(
+                f"override key {short_repr(dotted)}: expected a dotted name such as train.lr"
+            )
         parts = dotted.split(".")
         node = out
         for depth, part in enumerate(parts[:-1]):
@@ -364,9 +375,13 @@ def _axes(grid: Any, path: Path) -> tuple[Axis, ...]:
         elif isinstance(spec, list):
             axes.append(Axis("", (str(key),), tuple(spec)))
         else:
-            raise SweepError(f"{path}: grid.{key}: expected a list of values, got {spec!r}")
+            raise SweepError(
+                f"{path}: grid.{key}: expected a list of values, got {short_repr(spec)}"
+            )
         if not axes[-1].values:
             raise SweepError(f"{path}: grid.{key}: has no values")
+        if not all(_small(v) for v in axes[-1].values):  # values are spelled in folder names
+            raise SweepError(f"{path}: grid.{key}: a value holds more than {_SMALL} items")
     # Short names: the last part of the key, longer where two axes would share one.
     named = []
     for i, axis in enumerate(axes):
@@ -389,6 +404,25 @@ def _axes(grid: Any, path: Path) -> tuple[Axis, ...]:
     if len(set(names)) != len(names) or any(n in ("variant", "seed", "point") for n in names):
         raise SweepError(f"{path}: grid axis names {names} must be distinct and not variant/seed")
     return tuple(named)
+
+
+_SMALL = 1000
+
+
+def _small(value: Any) -> bool:
+    """Whether ``value`` holds at most ``_SMALL`` items, nested ones included, counted without
+    building it: YAML aliases make a few lines hold billions (a "billion laughs")."""
+    stack, seen = [value], 0
+    while stack:
+        seen += 1
+        if seen > _SMALL:
+            return False
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item, *item.values()]
+        elif isinstance(item, list | tuple):
+            stack += item
+    return True
 
 
 def _seeds(value: Any, where: str) -> tuple[int, ...]:
@@ -715,7 +749,7 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
         for key in list(a) + [k for k in b if k not in a]:
             if a.get(key) != b.get(key):
                 return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return f"{prefix.rstrip('.')}: {a!r} there, {b!r} here"
+    return f"{prefix.rstrip('.')}: {short_repr(a)} there, {short_repr(b)} here"
 
 
 def _row(point: Point, out: Path, result: dict[str, Any] | None = None) -> dict[str, Any]:
