@@ -8,7 +8,8 @@ and ``bench`` plug into COMMANDS from their modules).
     rpusim config --set rpu.device.up_down=0.02 > run.yaml   # a complete config to edit
 
 Every refused input (config, data, run folder, checkpoint) prints one line
-``rpusim: error: ...`` on stderr and exits with status 2; a diverged run exits with status 1.
+``rpusim: error: ...`` on stderr and exits with status 2; a diverged run exits with status 1, as
+does a run that fails after it started (a full disk: one line that says which checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class UsageError(ValueError):
     """A command-line value was refused (one line)."""
 
 
+def _out_path(text: str) -> Path:
+    """An ``--out`` folder; an empty one is refused (``Path("")`` is the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give a folder path")
+    return Path(text)
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
@@ -56,7 +64,7 @@ def _add_train(sub) -> None:
     add_override_option(
         p, "override a config value by dotted key, e.g. rpu.device.up_down=0.02 (repeatable)"
     )
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--out", type=_out_path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_threads(p)
@@ -163,8 +171,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--chars {args.chars}: give a number >= 0")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise UsageError(f"--temperature {args.temperature}: give a number >= 0")
-    if args.seed < 0:
-        raise UsageError(f"--seed {args.seed}: give a number >= 0")
+    if not 0 <= args.seed < 2**64:  # torch's generators take 64-bit seeds
+        raise UsageError(f"--seed {args.seed}: give a number from 0 to 2**64 - 1")
     _, model, vocab, _ = load_run(args.run_dir)
     if args.prime is None:
         prime = b"\n" if ord("\n") in vocab.symbols else bytes([vocab.symbols[0]])
@@ -211,7 +219,7 @@ def _add_demo(sub) -> None:
         "War and Peace (both for the same number of characters, chosen so that the two runs "
         "take about --minutes in total), print both losses and plot both validation curves.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for both runs")
+    p.add_argument("--out", type=_out_path, default=Path("runs/demo"), help="folder for both runs")
     p.add_argument("--minutes", type=float, default=5.0, help="total training time to aim for")
     _add_threads(p)
     p.set_defaults(func=_cmd_demo)
@@ -402,11 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 run failed, 2 refused input)."""
-    from rpusim.train import TrainError
+    from rpusim.train import RunFailed, TrainError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RunFailed as err:  # failed after it started (e.g. a full disk): status 1
+        _fail(str(err))
+        return EXIT_FAILED
     except (ConfigError, DataError, TrainError, UsageError) as err:
         return _fail(str(err))
     except OSError as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,7 +198,9 @@ def apply_overrides(tree: dict[str, Any], changes: dict[str, Any], prefix: str =
     out = copy.deepcopy(tree)
     for dotted, value in changes.items():
         if not isinstance(dotted, str) or not dotted:
-            raise ConfigError(f"{dotted!r}: override keys are dotted names such as 'device.dw_min'")
+            raise ConfigError(
+                f"{short_repr(dotted)}: override keys are dotted names such as 'device.dw_min'"
+            )
         node = out
         parts = dotted.split(".")
         for depth, part in enumerate(parts):
@@ -262,30 +265,83 @@ def _device_keys_first(changes: dict[str, Any]) -> dict[str, Any]:
 def parse_assignment(text: str) -> tuple[str, Any]:
     """Parse a command-line ``key=value``; the value is read as YAML (``5``, ``null``, ``true``)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. rpu.device.up_down=0.02")
+        raise ConfigError(
+            f"--set {short_repr(text)}: expected key=value, e.g. rpu.device.up_down=0.02"
+        )
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
+    except _DuplicateKey as err:
+        raise ConfigError(f"--set {key.strip()}: {err.problem}") from None
+    except RecursionError:
+        raise ConfigError(f"--set {key.strip()}: the value is nested too deeply") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
 
 
+#: The largest config or experiment file read (they are a few kB; this refuses a wrong file).
+MAX_CONFIG_BYTES = 10 * 2**20
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names one key twice (PyYAML would silently keep the last)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping: with the plain loader the
+    last one wins silently, so an edit lower in a file can undo one above it unnoticed."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # "<<: *base" then overriding a key is what merges are for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key; construct_mapping refuses it
+                    continue
+                if duplicate:
+                    raise _DuplicateKey(
+                        None,
+                        None,
+                        f"key {short_repr(key)} appears twice in one mapping; keep one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file with the safe loader; errors become one-line ConfigErrors."""
+    """Read a YAML file with the safe loader; errors become one-line ConfigErrors.
+
+    Only a regular file of at most ``MAX_CONFIG_BYTES`` is read (a FIFO would block forever,
+    /dev/zero never ends), and a key given twice in one mapping is refused.
+    """
+    from rpusim.io import read_regular_file
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except ValueError as err:  # not a regular file, too large, or not UTF-8
+        why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
+        raise ConfigError(f"{path}: cannot read config file ({why}); give a YAML file") from None
+    except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.__class__.__name__})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}: line {err.problem_mark.line + 1}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     return {} if data is None else data
 
 
@@ -294,6 +350,21 @@ def dump_yaml(data: dict[str, Any], path: str | Path) -> None:
     from rpusim.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def short_repr(value: Any, width: int = 80) -> str:
+    """``repr(value)`` cut to about ``width`` characters, for error messages.
+
+    Built with reprlib, which stops at a few items and levels: the full repr of a YAML "billion
+    laughs" value (aliases nested nine deep) would take gigabytes and hours to build.
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _kind(value: Any) -> str:
@@ -353,15 +424,17 @@ def _one_line(model: type[BaseModel], err: ValidationError, prefix: str) -> str:
             "less_than_equal": "<=",
         }
         bound = next(iter(ctx.values()), "?")
-        return f"{key}: {value!r} is out of range; it must be {ops[kind]} {bound}"
+        return f"{key}: {short_repr(value)} is out of range; it must be {ops[kind]} {bound}"
+    if kind == "finite_number":
+        return f"{key}: {short_repr(value)} is not allowed; give a finite number"
     if kind == "literal_error":
-        return f"{key}: {value!r} is not allowed; expected {ctx.get('expected', '?')}"
+        return f"{key}: {short_repr(value)} is not allowed; expected {ctx.get('expected', '?')}"
     if kind == "value_error":
         msg = str(ctx.get("error", first["msg"]))
         return f"{key}: {msg}" if loc else f"{prefix.rstrip('.') or 'config'}: {msg}"
     if kind.endswith("_type") or kind in ("model_type", "dict_type"):
         want = kind.removesuffix("_type").replace("model", "mapping").replace("dict", "mapping")
-        return f"{key}: expected {want}, got {_kind(value)} {value!r}"
+        return f"{key}: expected {want}, got {_kind(value)} {short_repr(value)}"
     return f"{key}: {first['msg']}"
 
 
@@ -395,7 +468,7 @@ class DataConfig(_Section):
         # YAML has no tuples: accept a list of three numbers.
         if isinstance(data, dict) and isinstance(data.get("split"), list | tuple):
             if len(data["split"]) != 3:
-                raise ValueError(f"split {list(data['split'])} must be {_SPLIT_RULE}")
+                raise ValueError(f"split {short_repr(data['split'])} must be {_SPLIT_RULE}")
             data = {**data, "split": tuple(data["split"])}
         return data
 
@@ -445,7 +518,9 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _known_device(self) -> TrainConfig:
         if DEVICE_NAME.fullmatch(self.device) is None:
-            raise ValueError(f"device {self.device!r} is not a device: use cpu, cuda or cuda:N")
+            raise ValueError(
+                f"device {short_repr(self.device)} is not a device: use cpu, cuda or cuda:N"
+            )
         return self
 
 
@@ -575,12 +650,14 @@ def _resolve_rpu(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(
             f"rpu: expected a preset name ({', '.join(sorted(PRESETS))}) or a mapping, "
-            f"got {_kind(value)} {value!r}"
+            f"got {_kind(value)} {short_repr(value)}"
         )
     value = dict(value)
     name = value.pop("preset", "rpu_baseline")
     if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError(f"rpu.preset: {name!r} is unknown{_suggest(str(name), list(PRESETS))}")
+        raise ConfigError(
+            f"rpu.preset: {short_repr(name)} is unknown{_suggest(str(name)[:80], list(PRESETS))}"
+        )
     base = RPUConfig.preset(name).to_dict()
     changes = _device_keys_first(dict(_flatten(value, base, "")))
     return apply_overrides(base, _numbers(changes, base), prefix="rpu.")

@@ -103,6 +103,12 @@ def load_corpus(name_or_path: str | os.PathLike[str]) -> bytes:
         )
     if path.is_dir():
         raise DataError(f"data.corpus: {path} is a directory; give a file of text or bytes")
+    # Only a regular file: a FIFO would block the read forever and /dev/zero never ends.
+    if not path.is_file():
+        raise DataError(
+            f"data.corpus: {path} is not a regular file (a FIFO, device or socket); give a file "
+            "of text or bytes"
+        )
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -246,7 +252,7 @@ def split(
     fr = tuple(fractions)
     if (
         len(fr) != 3
-        or any(isinstance(f, bool) or not isinstance(f, int | float) or f < 0 for f in fr)
+        or any(isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1 for f in fr)
         or abs(sum(fr) - 1.0) > 1e-6
     ):
         raise DataError(

@@ -14,6 +14,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """A frozen, strict config section: unknown keys and wrong types are refused."""
+    """The base of every config section: unknown keys, loose types and non-finite floats
+    (``.inf``, ``.nan``: no physical quantity or fraction here is one; ``null`` is how a field
+    says "unbounded") are refused in every section, including those added later."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)

@@ -37,7 +37,12 @@ others from their checkpoints (``train(..., resume=True)``); a point whose exper
 for more ``train.epochs`` or ``train.max_chars`` is continued; a point whose config changed in
 anything else is refused (recorded as failed) rather than mixed. A point that raises is recorded
 with its error (traceback in ``OUT/<point>/error.txt``) and the others go on. An exclusive lock
-(``fcntl.flock`` on ``OUT/.sweep.lock``) refuses a second sweep on the same ``OUT``.
+(``fcntl.flock`` on ``OUT/.sweep.lock``) refuses a second sweep on the same ``OUT``, and each run
+locks its own folder (``train.py``), so a rerun never trains a point beside a survivor. The pool's
+workers die with the sweep, even one killed with SIGKILL (Linux's parent-death signal, and a check
+of the parent before each point); SIGTERM stops a sweep through its cleanup (the workers stop, a
+local Ray cluster shuts down). Variant and axis names become folder names: they are letters,
+digits, ``_ . + -`` (no ``/``, no leading ``.``), so every run folder lies inside ``OUT``.
 
 Every run uses ``--threads`` torch and numba threads (1 by default) whatever the number of
 workers, and every random stream is seeded from its config, so the results do not depend on
@@ -52,7 +57,7 @@ import argparse
 import contextlib
 import copy
 import csv
-import fcntl
+import ctypes
 import io
 import itertools
 import json
@@ -60,7 +65,9 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -76,8 +83,9 @@ from rpusim.config import (
     add_override_option,
     load_yaml,
     parse_assignment,
+    short_repr,
 )
-from rpusim.io import atomic_write_text
+from rpusim.io import FolderLock, atomic_write_text, remove_stale_temporaries
 
 STATUSES = ("finished", "diverged", "failed", "pending")
 DONE = ("finished", "diverged")  # a rerun skips these: training again would give the same run
@@ -93,6 +101,10 @@ LOSS_COLUMNS = (
     "best_test_loss",
 )
 _TOP_KEYS = {"name", "description", "base", "base_config", "grid", "seeds", "variants", "scales"}
+
+
+#: Variant and axis names: they become parts of run folder names, so no '/' and no leading '.'.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
 class SweepError(ValueError):
@@ -166,14 +178,14 @@ def load_experiment(path: str | Path) -> Experiment:
         )
     if unknown:
         raise SweepError(
-            f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+            f"{path}: unknown key {short_repr(unknown[0])}; allowed: {', '.join(sorted(_TOP_KEYS))}"
         )
     if "base" in data and "base_config" in data:
         raise SweepError(f"{path}: give either base or base_config, not both")
     if "base_config" in data:
         ref = data["base_config"]
         if not isinstance(ref, str):
-            raise SweepError(f"{path}: base_config must be a file path, got {ref!r}")
+            raise SweepError(f"{path}: base_config must be a file path, got {short_repr(ref)}")
         base = load_yaml(path.parent / ref if not Path(ref).is_absolute() else Path(ref))
     else:
         base = data.get("base") or {}
@@ -185,9 +197,10 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(variants, dict):
         raise SweepError(f"{path}: variants must map names to overrides, e.g. fp: {{rpu: ideal}}")
     for name, over in variants.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
             raise SweepError(
-                f"{path}: variant name {name!r} must be letters, digits, '_', '.', '+' or '-'"
+                f"{path}: variant name {short_repr(name)} must be letters, digits, '_', '.', "
+                "'+' or '-'"
             )
         if not isinstance(over, dict | type(None)):
             raise SweepError(f"{path}: variants.{name} must be a mapping of overrides")
@@ -198,6 +211,9 @@ def load_experiment(path: str | Path) -> Experiment:
     ):
         raise SweepError(f"{path}: scales must map names (quick, paper) to override mappings")
     scales = {str(k): dict(v or {}) for k, v in scales.items()}
+    for key in ("name", "description"):
+        if not isinstance(data.get(key), str | type(None)):
+            raise SweepError(f"{path}: {key} must be text, got {short_repr(data[key])}")
     return Experiment(
         name=str(data.get("name") or path.stem),
         base=base,
@@ -301,7 +317,9 @@ def merge(tree: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(tree)
     for dotted, value in changes.items():
         if not isinstance(dotted, str) or not dotted:
-            raise SweepError(f"override key {dotted!r}: expected a dotted name such as train.lr")
+            raise SweepError(
+                f"override key {short_repr(dotted)}: expected a dotted name such as train.lr"
+            )
         parts = dotted.split(".")
         node = out
         for depth, part in enumerate(parts[:-1]):
@@ -357,9 +375,13 @@ def _axes(grid: Any, path: Path) -> tuple[Axis, ...]:
         elif isinstance(spec, list):
             axes.append(Axis("", (str(key),), tuple(spec)))
         else:
-            raise SweepError(f"{path}: grid.{key}: expected a list of values, got {spec!r}")
+            raise SweepError(
+                f"{path}: grid.{key}: expected a list of values, got {short_repr(spec)}"
+            )
         if not axes[-1].values:
             raise SweepError(f"{path}: grid.{key}: has no values")
+        if not all(_small(v) for v in axes[-1].values):  # values are spelled in folder names
+            raise SweepError(f"{path}: grid.{key}: a value holds more than {_SMALL} items")
     # Short names: the last part of the key, longer where two axes would share one.
     named = []
     for i, axis in enumerate(axes):
@@ -373,9 +395,34 @@ def _axes(grid: Any, path: Path) -> tuple[Axis, ...]:
             n += 1
         named.append(Axis(".".join(parts[-n:]), axis.keys, axis.values))
     names = [a.name for a in named]
+    for name in names:  # it names run folders: a '/' or '..' would write outside --out
+        if not _SAFE_NAME.fullmatch(name):
+            raise SweepError(
+                f"{path}: grid axis name {short_repr(name)} must be letters, digits, '_', '.', "
+                "'+' or '-' (it names the run folders under --out)"
+            )
     if len(set(names)) != len(names) or any(n in ("variant", "seed", "point") for n in names):
         raise SweepError(f"{path}: grid axis names {names} must be distinct and not variant/seed")
     return tuple(named)
+
+
+_SMALL = 1000
+
+
+def _small(value: Any) -> bool:
+    """Whether ``value`` holds at most ``_SMALL`` items, nested ones included, counted without
+    building it: YAML aliases make a few lines hold billions (a "billion laughs")."""
+    stack, seen = [value], 0
+    while stack:
+        seen += 1
+        if seen > _SMALL:
+            return False
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item, *item.values()]
+        elif isinstance(item, list | tuple):
+            stack += item
+    return True
 
 
 def _seeds(value: Any, where: str) -> tuple[int, ...]:
@@ -403,6 +450,7 @@ def run_point(config: dict[str, Any], run_dir: str, threads: int = 1) -> dict[st
     not depend on how many runs share the machine. The run's log goes to ``run_dir/train.log``;
     the traceback of a failure to ``run_dir/error.txt``.
     """
+    _exit_if_orphaned()  # a queued point of a sweep that died is not started
     import torch
 
     torch.set_num_threads(threads)
@@ -446,40 +494,16 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Lock:
+class _Lock(FolderLock):
     """An exclusive ``flock`` on ``OUT/.sweep.lock`` for the life of a sweep."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / ".sweep.lock"
-        self.fh: io.TextIOWrapper | None = None
-
-    def __enter__(self) -> _Lock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            who = fh.read().strip() or "another process"
-            fh.close()
-            raise SweepError(
-                f"{self.path.parent}: another sweep is running on this folder ({who}); "
-                "wait for it to end or use another --out"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}\n")
-        fh.flush()
-        self.fh = fh
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fh is not None:
-            self.fh.seek(0)
-            self.fh.truncate()
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
+        super().__init__(
+            out / ".sweep.lock",
+            "another sweep is running on this folder",
+            "wait for it to end or use another --out",
+            SweepError,
+        )
 
 
 def default_workers() -> int:
@@ -515,13 +539,19 @@ def sweep(
     workers = default_workers() if workers is None else workers
     if workers < 1 or threads < 1:
         raise SweepError("--workers and --threads must be at least 1")
+    if str(out) == "":  # Path("") is ".": the runs would land in the current folder
+        raise SweepError("--out: is empty; give the sweep folder's path")
     exp = load_experiment(experiment)
     points = expand(exp, scale, overrides)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out}: exists and is not a folder")
+    for p in points:  # every run folder is a child of --out, whatever the names hold
+        if Path(p.name).name != p.name or p.name in (".", ".."):
+            raise SweepError(f"point {short_repr(p.name)}: not a folder name; rename its axis")
 
     with _Lock(out):
+        remove_stale_temporaries(out, ("sweep.csv", "sweep.yaml"))  # of a killed sweep
         rows = {p.name: _row(p, out) for p in points}
         todo = []
         for p in points:
@@ -541,17 +571,19 @@ def sweep(
         _write_csv(out, exp, points, rows)
         runner = _run_local if backend == "local" else _run_ray
         t0 = time.monotonic()
-        for n, (point, result) in enumerate(runner(todo, out, workers, threads, address), 1):
-            rows[point.name] = _row(point, out, result)
-            _write_csv(out, exp, points, rows)
-            row = rows[point.name]
-            loss = row.get("final_test_loss")
-            loss_text = f"test {loss:.4f}" if isinstance(loss, float) else row.get("error", "")
-            _say(
-                log,
-                f"[{n}/{len(todo)}] {point.name}: {row['status']} {loss_text} "
-                f"({time.monotonic() - t0:.0f} s)",
-            )
+        results = contextlib.closing(runner(todo, out, workers, threads, address))
+        with _sigterm_raises(), results as ran:
+            for n, (point, result) in enumerate(ran, 1):
+                rows[point.name] = _row(point, out, result)
+                _write_csv(out, exp, points, rows)
+                row = rows[point.name]
+                loss = row.get("final_test_loss")
+                loss_text = f"test {loss:.4f}" if isinstance(loss, float) else row.get("error", "")
+                _say(
+                    log,
+                    f"[{n}/{len(todo)}] {point.name}: {row['status']} {loss_text} "
+                    f"({time.monotonic() - t0:.0f} s)",
+                )
     return [rows[p.name] for p in points]
 
 
@@ -565,7 +597,13 @@ def _run_local(
     if not todo:
         return
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=ctx,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+    ended = False
     try:
         futures = {pool.submit(run_point, p.config, str(out / p.name), threads): p for p in todo}
         pending = set(futures)
@@ -577,8 +615,61 @@ def _run_local(
                 except Exception as err:  # the worker process died (killed, out of memory)
                     result = {"status": "failed", "error": f"worker died: {type(err).__name__}"}
                 yield futures[fut], result
+        ended = True
     finally:
+        if not ended:  # stopped early (an error, SIGTERM, Ctrl-C): the running points stop too
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError, ValueError):
+                    proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# The sweep process of a pool worker (set in the worker by _die_with_parent).
+_POOL_PARENT: int | None = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: end this worker when the sweep that started it dies.
+
+    A sweep killed with SIGKILL runs no cleanup; without this its workers would go on training
+    the queued points beside a rerun, then block forever on the dead sweep's queue. On Linux the
+    kernel sends the worker SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere,
+    and in case the parent died before the prctl, :func:`run_point` checks the parent first.
+    """
+    global _POOL_PARENT
+    _POOL_PARENT = parent
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _exit_if_orphaned()
+
+
+def _exit_if_orphaned() -> None:
+    """In a pool worker whose sweep has died: exit at once, training nothing more."""
+    if _POOL_PARENT is not None and os.getppid() != _POOL_PARENT:
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM (and SIGHUP) into SystemExit for the block, so that the cleanup of
+    ``finally`` runs (the pool's workers stop, a local Ray cluster shuts down) instead of the
+    process vanishing. SIGINT already raises KeyboardInterrupt. Only the main thread can."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _run_ray(
@@ -596,17 +687,17 @@ def _run_ray(
     # Workers import rpusim from wherever this process found it (an installed package or src/).
     src = str(Path(__file__).resolve().parent.parent)
     env = {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=workers * threads,
-            include_dashboard=False,
-            runtime_env={"env_vars": env},
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",  # a private local instance: loopback only
-        )
-    try:
+    try:  # ray.init inside: a SIGTERM while the local cluster starts still shuts it down
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=workers * threads,
+                include_dashboard=False,
+                runtime_env={"env_vars": env},
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",  # a private local instance: loopback only
+            )
         task = ray.remote(num_cpus=threads, max_retries=0)(run_point)
         refs = {task.remote(p.config, str((out / p.name).resolve()), threads): p for p in todo}
         pending = list(refs)
@@ -658,7 +749,7 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
         for key in list(a) + [k for k in b if k not in a]:
             if a.get(key) != b.get(key):
                 return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return f"{prefix.rstrip('.')}: {a!r} there, {b!r} here"
+    return f"{prefix.rstrip('.')}: {short_repr(a)} there, {short_repr(b)} here"
 
 
 def _row(point: Point, out: Path, result: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -34,18 +34,24 @@ to one that was never interrupted. On resume only ``train.max_chars`` and ``trai
 differ from the checkpoint's config.
 
 A NaN or infinite loss or weight stops the run (status ``diverged``); the last good checkpoint is
-kept.
+kept. A run folder that cannot be written (a full disk) stops the run with :class:`RunFailed`,
+keeping the last good checkpoint too. A run locks its folder (``.train.lock``): a second
+``train`` on it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
 import platform
 import sys
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,7 @@ import torch
 
 from rpusim.config import DEVICE_NAME, ConfigError, RunConfig
 from rpusim.data import BatchStream, DataError, Vocab, load_corpus, slice_corpus, split
-from rpusim.io import atomic_write, atomic_write_text
+from rpusim.io import FolderLock, atomic_write, atomic_write_text, remove_stale_temporaries
 from rpusim.model import CharLSTM
 
 METRICS_COLUMNS = (
@@ -68,10 +74,16 @@ METRICS_COLUMNS = (
 CHECKPOINT_FORMAT = "rpusim-train-checkpoint"
 CHECKPOINT_VERSION = 1
 RESUMABLE_KEYS = ("train.max_chars", "train.epochs")
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoint.pt")
+LOCK_FILE = ".train.lock"
 
 
 class TrainError(RuntimeError):
     """A run folder or checkpoint was refused. The message is one line that says what to do."""
+
+
+class RunFailed(TrainError):
+    """A run failed after it started (its folder could not be written); one line, exit 1."""
 
 
 def build_model(cfg: RunConfig, vocab_size: int) -> CharLSTM:
@@ -104,6 +116,43 @@ def device_problem(device: str, cpu: str) -> str | None:
     return None
 
 
+def memory_needed(cfg: RunConfig, vocab_size: int) -> int:
+    """A lower bound on the bytes that building the run's model takes: every tile's float32
+    weights, plus the float64 draw of the largest tile's initial weights and its float32 copy
+    (made before the tile takes them). Device draws, caches and the like come on top."""
+    h = cfg.model.hidden
+    tiles = [4 * h * ((vocab_size if k == 0 else h) + h + 1) for k in range(cfg.model.layers)]
+    tiles.append(vocab_size * (h + 1))
+    return 4 * sum(tiles) + 12 * max(tiles)
+
+
+def _memory_total(device: str) -> int | None:
+    """Bytes of memory on ``device``'s side (RAM for cpu); None when unknown."""
+    if device != "cpu":
+        try:
+            return torch.cuda.get_device_properties(torch.device(device)).total_memory
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: RunConfig, vocab_size: int) -> None:
+    """Refuse, in one line and before allocating, a model that cannot fit in the memory of its
+    device (``model.hidden=20000`` asks for tens of GB: it would die in the middle of an
+    allocation with a traceback, or drive the machine into swap)."""
+    need, have = memory_needed(cfg, vocab_size), _memory_total(cfg.train.device)
+    if have is not None and need > have:
+        where = "RAM" if cfg.train.device == "cpu" else f"memory on {cfg.train.device}"
+        raise TrainError(
+            f"model: LSTM{cfg.model.layers}-{cfg.model.hidden} needs at least {need / 1e9:,.1f} "
+            f"GB for its weights, the machine has {have / 1e9:,.1f} GB of {where}; use a smaller "
+            "model.hidden or model.layers"
+        )
+
+
 def _check_device(device: str) -> None:
     """Refuse a device that torch cannot use, before any data is read or written."""
     problem = device_problem(device, "train.device=cpu")
@@ -128,13 +177,41 @@ def train(
         verbose: print one line per evaluation to stderr.
 
     Raises:
-        DataError, TrainError: one-line messages, before any training starts.
+        DataError, TrainError: one-line messages, before any training starts (also when
+            another process trains in ``out_dir``: the folder is locked for the run).
+        RunFailed: one line, when the run folder cannot be written after training started.
     """
     t_begin = time.perf_counter()
+    if str(out_dir) == "":  # Path("") is ".": it would train into the current folder
+        raise TrainError("--out: is empty; give the run folder's path")
     out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
     _check_out_dir(out, resume)
     _check_device(cfg.train.device)
+    created = not out.exists()
+    with FolderLock(
+        out / LOCK_FILE,
+        "another rpusim train is running in this run folder",
+        "wait for it to end or use another --out",
+        TrainError,
+    ):
+        try:
+            _check_out_dir(out, resume)  # again, locked: another run may have written it since
+            remove_stale_temporaries(out, RUN_FILES)  # of a killed run; no live writer owns them
+            return _train(cfg, out, resume, progress, verbose, t_begin)
+        except BaseException:
+            if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                # refused before writing anything: leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    (out / LOCK_FILE).unlink()
+                    out.rmdir()
+            raise
+
+
+def _train(
+    cfg: RunConfig, out: Path, resume: bool, progress: bool, verbose: bool, t_begin: float
+) -> dict[str, Any]:
+    """The body of :func:`train`, in its locked run folder."""
+    ckpt_path = out / "checkpoint.pt"
 
     # -- data: byte vocabulary of the whole corpus, contiguous split of the (sliced) text --------
     data = load_corpus(cfg.data.corpus)
@@ -150,10 +227,12 @@ def train(
     test_stream = _eval_stream(test_ids, cfg, "test")
 
     # -- model: the FP twin is the same network with rpu: ideal -----------------------------------
+    check_memory(cfg, vocab.size)
     model = build_model(cfg, vocab.size)
 
     # -- where we are: a fresh start or the checkpoint's position -------------------------------
     epoch, chars, step, elapsed_before = 0, 0, 0, 0.0
+    saved_chars = None  # the characters of the last checkpoint written (None: none yet)
     metrics: list[dict[str, float]] = []
     state = model.init_state(tc.batch_size)
     if resume and ckpt_path.exists():
@@ -171,7 +250,13 @@ def train(
         stream = BatchStream(
             train_ids, tc.seq_len, tc.batch_size, position=int(ckpt["position"]), name="train"
         )
+        if any(tuple(t.shape) != tuple(s.shape) for t, s in zip(ckpt["state"], state, strict=True)):
+            raise TrainError(
+                f"{ckpt_path}: its hidden state has the wrong shape for the config; restore the "
+                "checkpoint or start a new run"
+            )
         state = (ckpt["state"][0].to(model.device), ckpt["state"][1].to(model.device))
+        saved_chars = chars
         metrics = [dict(row) for row in ckpt["metrics"]]
         elapsed_before = float(ckpt["elapsed_s"])
         _log(verbose, f"resuming {out} at epoch {epoch}, {chars:,} chars (step {step})")
@@ -251,8 +336,19 @@ def train(
                     "chars_per_s": round(loss_chars / max(train_time, 1e-9), 1),
                 }
                 metrics.append(row)
-                _save_checkpoint(run, model, epoch, stream.position, chars, step, state)
-                _write_summary(run, "running", "", chars)
+                try:
+                    _save_checkpoint(run, model, epoch, stream.position, chars, step, state)
+                except (OSError, RuntimeError) as err:  # torch.save: a RuntimeError (disk full)
+                    metrics.pop()
+                    raise _fail_writing(
+                        run, "checkpoint.pt", err, chars, saved_chars, bar
+                    ) from None
+                saved_chars = chars
+                try:
+                    _write_metrics(out / "metrics.csv", metrics)
+                    _write_summary(run, "running", "", chars)
+                except OSError as err:
+                    raise _fail_writing(run, "metrics.csv", err, chars, chars, bar) from None
                 _log(
                     verbose,
                     f"epoch {row['epoch']:.3f}  chars {chars:,}  train "
@@ -270,13 +366,20 @@ def train(
                 epoch += 1
     except KeyboardInterrupt:
         _close(bar)
-        _write_summary(run, "interrupted", "interrupted; continue with --resume", chars)
+        with contextlib.suppress(OSError):
+            _write_summary(run, "interrupted", "interrupted; continue with --resume", chars)
         raise
     _close(bar)
     if status == "diverged":
-        message += "; the last good checkpoint is kept"
+        if saved_chars is None:
+            message += "; no checkpoint exists yet (it diverged before the first evaluation)"
+        else:
+            message += f"; the last good checkpoint is kept (at {saved_chars:,} chars)"
         _log(True, f"rpusim: {message}")
-    return _write_summary(run, status, message, chars)
+    try:
+        return _write_summary(run, status, message, chars)
+    except OSError as err:
+        raise _fail_writing(run, "summary.json", err, chars, saved_chars, None) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +441,7 @@ def _save_checkpoint(
     step: int,
     state: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
-    """Write checkpoint.pt, then metrics.csv, each atomically (a kill leaves old or new)."""
+    """Write checkpoint.pt atomically (a kill or a full disk leaves the old one or the new)."""
     out: Path = run["out"]
     ckpt = {
         "format": CHECKPOINT_FORMAT,
@@ -356,7 +459,31 @@ def _save_checkpoint(
         "elapsed_s": run["elapsed_before"] + time.perf_counter() - run["t_begin"],
     }
     atomic_write(out / "checkpoint.pt", lambda tmp: torch.save(ckpt, tmp))
-    _write_metrics(out / "metrics.csv", run["metrics"])
+
+
+def _fail_writing(
+    run: dict, name: str, err: BaseException, chars: int, saved: int | None, bar
+) -> RunFailed:
+    """The :class:`RunFailed` that stops a run whose folder cannot be written (a full disk, say):
+    one line that says which checkpoint is kept (an atomic write keeps the old file). The
+    summary records it when it still can be written."""
+    _close(bar)
+    if isinstance(err, OSError):
+        why = err.strerror or type(err).__name__
+    else:  # torch's RuntimeError spans lines; its first words are enough
+        why = f"{type(err).__name__}: {' '.join(str(err).split())[:100]}"
+    kept = (
+        f"the last good checkpoint is kept (at {saved:,} chars)"
+        if saved is not None
+        else "no checkpoint exists yet"
+    )
+    message = (
+        f"--out {run['out']}: cannot write {name} at {chars:,} chars ({why}); {kept}; "
+        "free space and continue with --resume"
+    )
+    with contextlib.suppress(OSError):  # on a full disk this may fail too
+        _write_summary(run, "failed", message, chars)
+    return RunFailed(message)
 
 
 def load_checkpoint(path: str | Path, cfg: RunConfig | None = None) -> dict[str, Any]:
@@ -368,6 +495,7 @@ def load_checkpoint(path: str | Path, cfg: RunConfig | None = None) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"{path}: no checkpoint; train a run into this folder first")
+    _check_crc(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a torn or foreign file
@@ -400,6 +528,9 @@ def load_checkpoint(path: str | Path, cfg: RunConfig | None = None) -> dict[str,
     ]
     if missing:
         raise TrainError(f"{path}: checkpoint lacks {', '.join(missing)}; start a new run")
+    bad = _bad_field(ckpt)
+    if bad:
+        raise TrainError(f"{path}: checkpoint field {bad} (damaged); restore it or start a new run")
     if cfg is not None:
         theirs, mine = _flat(_with_defaults(ckpt["config"])), _flat(cfg.to_dict())
         for key in sorted(set(theirs) | set(mine)):
@@ -411,6 +542,62 @@ def load_checkpoint(path: str | Path, cfg: RunConfig | None = None) -> dict[str,
                 f"{' and '.join(RESUMABLE_KEYS)} may change)"
             )
     return ckpt
+
+
+def _check_crc(path: Path) -> None:
+    """Refuse a checkpoint whose zip entries fail their CRC-32 (a flipped bit on disk).
+
+    torch.load does not check the CRCs that torch.save writes, so a damaged weight would load
+    silently and a resumed run would train on from different weights. Reading every entry costs
+    about as much as loading it; a file that is no zip is left to torch.load to refuse.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        return
+    except (OSError, EOFError, zlib.error) as err:
+        damaged = f"? ({type(err).__name__})"
+    if damaged is not None:
+        raise TrainError(
+            f"{path}: corrupt checkpoint (entry {damaged} fails its CRC check: the file changed "
+            "on disk); restore it from a copy or start a new run"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bad_field(ckpt: dict[str, Any]) -> str | None:
+    """The first field of a loaded checkpoint with the wrong type, in words (None: all fit)."""
+    for key in ("epoch", "position", "chars", "step"):
+        if not _is_int(ckpt[key]):
+            return f"{key} is {_kind(ckpt[key])}, not a count"
+    checks = {
+        "config": isinstance(ckpt["config"], dict),
+        "model": isinstance(ckpt["model"], dict),
+        "vocab": isinstance(ckpt["vocab"], list) and all(map(_is_int, ckpt["vocab"])),
+        "state": isinstance(ckpt["state"], list | tuple)
+        and len(ckpt["state"]) == 2
+        and all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in ckpt["state"]),
+        "metrics": isinstance(ckpt["metrics"], list)
+        and all(
+            isinstance(row, dict)
+            and all(isinstance(row.get(c), int | float) for c in METRICS_COLUMNS)
+            for row in ckpt["metrics"]
+        ),
+        "elapsed_s": isinstance(ckpt["elapsed_s"], int | float)
+        and not isinstance(ckpt["elapsed_s"], bool),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            return f"{key} is not what rpusim writes there ({_kind(ckpt[key])})"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _with_defaults(config: Any) -> Any:
@@ -431,6 +618,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, CharLSTM, Vocab, dict[str,
     cfg = RunConfig.from_dict(ckpt["config"])
     vocab = Vocab.from_list(ckpt["vocab"])
     _check_device(cfg.train.device)  # the tiles' random streams belong to their device
+    check_memory(cfg, vocab.size)
     model = build_model(cfg, vocab.size)
     try:
         model.load_state_dict(ckpt["model"])
@@ -526,10 +714,7 @@ def _write_summary(run: dict, status: str, message: str, chars: int) -> dict[str
     }
     if status == "diverged":
         summary["diverged_after_chars"] = chars
-    try:
-        atomic_write_text(run["out"] / "summary.json", json.dumps(summary, indent=2) + "\n")
-    except OSError as err:
-        raise TrainError(f"--out {run['out']}: cannot write summary.json ({_why(err)})") from None
+    atomic_write_text(run["out"] / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
