@@ -389,7 +389,10 @@ class TrainConfig(_Section):
     seq_len: int = Field(100, ge=1, description="BPTT length (time steps per update)")
     epochs: int = Field(1, ge=1, description="passes over the training split")
     max_chars: int | None = Field(
-        None, ge=1, description="stop after this many training characters (null: epochs only)"
+        None,
+        ge=1,
+        description="stop after this many training characters, rounded up to whole batches of "
+        "seq_len x batch_size (null: epochs only)",
     )
     eval_every_chars: int = Field(
         100_000, ge=1, description="evaluate and checkpoint every this many training characters"
@@ -400,11 +403,40 @@ class TrainConfig(_Section):
     device: str = Field(
         "cpu", description="where the tiles live: cpu (numba twins) or cuda[:N] (Triton twins)"
     )
+    lr_schedule: Literal["constant", "step", "exponential", "cosine"] = Field(
+        "constant",
+        description="learning-rate schedule over the characters trained (see rpusim.schedule)",
+    )
+    lr_gamma: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="step/exponential: the rate's factor per lr_step_chars characters",
+    )
+    lr_step_chars: int = Field(
+        1_000_000, ge=1, description="step/exponential: characters per factor of lr_gamma"
+    )
+    lr_min: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="cosine: the rate at the run's last character (at most lr)",
+    )
+    lr_warmup_chars: int = Field(
+        0, ge=0, description="linear warm-up from 0 to lr over this many characters, then decay"
+    )
 
     @model_validator(mode="after")
     def _known_device(self) -> TrainConfig:
         if DEVICE_NAME.fullmatch(self.device) is None:
             raise ValueError(f"device {self.device!r} is not a device: use cpu, cuda or cuda:N")
+        return self
+
+    @model_validator(mode="after")
+    def _lr_min_below_lr(self) -> TrainConfig:
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) must be at most lr ({self.lr})")
         return self
 
 
