@@ -405,7 +405,9 @@ class TrainConfig(_Section):
     )
     lr_schedule: Literal["constant", "step", "exponential", "cosine"] = Field(
         "constant",
-        description="learning-rate schedule over the characters trained (see rpusim.schedule)",
+        description="the rate against characters trained: constant lr; step: x lr_gamma every "
+        "lr_step_chars; exponential: the same, continuous; cosine: lr down to lr_min over the run "
+        "(see rpusim/schedule.py)",
     )
     lr_gamma: float = Field(
         0.5,
@@ -421,10 +423,14 @@ class TrainConfig(_Section):
         0.0,
         ge=0,
         allow_inf_nan=False,
-        description="cosine: the rate at the run's last character (at most lr)",
+        description="cosine: the rate at the run's end, 0 <= lr_min <= lr (the run: min(epochs "
+        "x chars per epoch, max_chars rounded up to whole batches) characters)",
     )
     lr_warmup_chars: int = Field(
-        0, ge=0, description="linear warm-up from 0 to lr over this many characters, then decay"
+        0,
+        ge=0,
+        description="the rate rises linearly from 0 to lr over this many characters first; the "
+        "schedule's decay starts after it",
     )
 
     @model_validator(mode="after")
@@ -505,6 +511,11 @@ def add_override_option(parser: Any, help_text: str) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
     )
+
+
+def add_threads_option(parser: Any, help_text: str) -> None:
+    """The ``--threads N`` option (default 1) of every command that trains or runs a model."""
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help=help_text)
 
 
 def config_keys(section: type[BaseModel] | None = None, prefix: str = "") -> list[dict[str, str]]:
