@@ -344,7 +344,8 @@ def _warm_up_kernels(cfg: RunConfig, vocab_size: int, verbose: bool) -> None:
     for batch in (tc.batch_size, tc.eval_batch_size):
         ids = torch.zeros((2, batch), dtype=torch.long)
         if batch == tc.batch_size:
-            model.train_step(ids, ids, model.init_state(batch), tc.lr)
+            model.forward_backward(ids, ids, model.init_state(batch))
+            model.apply_update(tc.lr)
         model.evaluate(ids, ids, model.init_state(batch))
 
 
