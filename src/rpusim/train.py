@@ -350,16 +350,14 @@ def _warm_up_kernels(cfg: RunConfig, vocab_size: int, verbose: bool) -> None:
 
 
 def _numba_cache_filled() -> bool:
-    """Whether numba's on-disk cache holds compiled kernels of rpusim (``kernels/__pycache__``,
-    or ``NUMBA_CACHE_DIR`` when set)."""
+    """Whether numba's on-disk cache holds compiled kernels of rpusim: ``NUMBA_CACHE_DIR`` when
+    set, else ``kernels/__pycache__`` (where numba puts them when it may write there)."""
     import numba
 
     from rpusim import kernels
 
-    places = [Path(kernels.__file__).parent / "__pycache__"]
-    if numba.config.CACHE_DIR:
-        places.append(Path(numba.config.CACHE_DIR))
-    return any(next(p.rglob("numba_*.nbi"), None) is not None for p in places if p.is_dir())
+    place = Path(numba.config.CACHE_DIR or Path(kernels.__file__).parent / "__pycache__")
+    return place.is_dir() and next(place.rglob("numba_*.nbi"), None) is not None
 
 
 def _first_nonfinite_tile(model: CharLSTM) -> int | None:
