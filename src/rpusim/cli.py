@@ -3,6 +3,7 @@ and ``bench`` plug into COMMANDS from their modules).
 
     rpusim train --config experiments/lstm2-64wp-rpu.yaml --set train.lr=0.5 --out runs/x
     rpusim train --out runs/x --resume                 # continue (config from runs/x)
+    rpusim train --set rpu=ideal --set train.max_chars=20000 --out runs/y   # from the defaults
     rpusim sample runs/x --chars 500 --temperature 0.8 --prime "The "
     rpusim demo --out runs/demo --minutes 5
     rpusim config --set rpu.device.up_down=0.02 > run.yaml   # a complete config to edit
