@@ -163,8 +163,8 @@ def test_usage_errors_are_one_line(capsys):
         main(["train", "--config"])
     assert exc.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    rc, _, err = run_cli(["train", "--out", "x"], capsys)  # no --config, no --resume
-    assert_one_line_error(rc, err, "--config")
+    rc, _, err = run_cli(["train", "--out", "no/such/run", "--resume"], capsys)  # no config.yaml
+    assert_one_line_error(rc, err, "no such config file")
 
 
 @pytest.mark.parametrize(
@@ -246,8 +246,9 @@ def assert_equal_tree(a, b, where):
 
 
 def test_demo_prints_both_runs_and_plots_their_curves(tmp_path, capsys):
-    rc, out, _ = run_cli(["demo", "--out", tmp_path, "--minutes", "0.02"], capsys)
+    rc, out, err = run_cli(["demo", "--out", tmp_path, "--minutes", "0.02"], capsys)
     assert rc == 0
+    assert err.count("chars 10,000  train") == 2  # progress: a line per evaluation of each run
     assert "FP (rpu: ideal)" in out and "RPU baseline" in out and "nats" in out
     assert (tmp_path / "validation.png").read_bytes()[:4] == b"\x89PNG"
     for run in ("fp", "rpu"):

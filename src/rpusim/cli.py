@@ -3,6 +3,7 @@ and ``bench`` plug into COMMANDS from their modules).
 
     rpusim train --config experiments/lstm2-64wp-rpu.yaml --set train.lr=0.5 --out runs/x
     rpusim train --out runs/x --resume                 # continue (config from runs/x)
+    rpusim train --set rpu=ideal --set train.max_chars=20000 --out runs/y   # from the defaults
     rpusim sample runs/x --chars 500 --temperature 0.8 --prime "The "
     rpusim demo --out runs/demo --minutes 5
     rpusim config --set rpu.device.up_down=0.02 > run.yaml   # a complete config to edit
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rpusim.config import ConfigError, RunConfig, add_override_option
+from rpusim.config import ConfigError, RunConfig, add_override_option, add_threads_option
 from rpusim.data import DataError
 from rpusim.report import add_report_parser
 from rpusim.sweep import add_sweep_parser
@@ -29,8 +30,32 @@ from rpusim.sweep import add_sweep_parser
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option's text with its default, unless the option has none (None, an
+    empty list), is a flag (a bool default) or its text already says it ("(default")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or isinstance(default, bool)
+            or default == []
+            or default is argparse.SUPPRESS
+            or "(default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (and exit status 2)."""
+    """argparse that reports a usage error in one line (and exit status 2) and shows every
+    option's default in its help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"rpusim: error: {message} (see '{self.prog} --help')\n")
@@ -59,7 +84,10 @@ def _add_train(sub) -> None:
         description="Train a character LSTM on RPU tiles (or its FP twin).",
     )
     p.add_argument(
-        "--config", type=Path, help="run config YAML (default with --resume: OUT/config.yaml)"
+        "--config",
+        type=Path,
+        help="run config YAML (default: OUT/config.yaml with --resume, else all defaults as "
+        "'rpusim config' prints them)",
     )
     add_override_option(
         p, "override a config value by dotted key, e.g. rpu.device.up_down=0.02 (repeatable)"
@@ -74,12 +102,12 @@ def _add_train(sub) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rpusim.train import train
 
-    config = args.config
-    if config is None:
-        if not args.resume:
-            raise UsageError("train: give --config FILE (or --resume to reuse OUT/config.yaml)")
-        config = args.out / "config.yaml"
-    cfg = RunConfig.from_yaml(config, args.overrides)
+    if args.config is not None:
+        cfg = RunConfig.from_yaml(args.config, args.overrides)
+    elif args.resume:
+        cfg = RunConfig.from_yaml(args.out / "config.yaml", args.overrides)
+    else:  # the defaults, as 'rpusim config' prints them
+        cfg = RunConfig.from_dict({}, args.overrides)
     _set_threads(args.threads)
     summary = train(cfg, args.out, resume=args.resume, progress=args.progress)
     if summary["status"] != "completed":
@@ -159,6 +187,7 @@ def _add_sample(sub) -> None:
         help="text read before generating (default: a newline)",
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sampling draws")
+    _add_threads(p)
     p.set_defaults(func=_cmd_sample)
 
 
@@ -173,6 +202,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--temperature {args.temperature}: give a number >= 0")
     if not 0 <= args.seed < 2**64:  # torch's generators take 64-bit seeds
         raise UsageError(f"--seed {args.seed}: give a number from 0 to 2**64 - 1")
+    _set_threads(args.threads)
     _, model, vocab, _ = load_run(args.run_dir)
     if args.prime is None:
         prime = b"\n" if ord("\n") in vocab.symbols else bytes([vocab.symbols[0]])
@@ -221,6 +251,7 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("--out", type=_out_path, default=Path("runs/demo"), help="folder for both runs")
     p.add_argument("--minutes", type=float, default=5.0, help="total training time to aim for")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_threads(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -251,7 +282,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             ],
         )
         print(f"training {label} (lr {lr}) ...", flush=True)
-        summaries[key] = train(cfg, args.out / key, resume=True, verbose=False)
+        # A line per evaluation on stderr (and a bar on a terminal), as 'rpusim train' shows.
+        summaries[key] = train(cfg, args.out / key, resume=True, progress=args.progress)
         curves[key] = read_metrics(args.out / key / "metrics.csv")
 
     print()
@@ -323,13 +355,10 @@ def _plot_curves(curves: dict[str, list[dict]], png: Path) -> None:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        metavar="N",
-        help="torch and numba threads (default 1: an LSTM at batch 1 gains little from more, "
-        "and a run's bits depend on it; the same default as 'rpusim sweep')",
+    add_threads_option(
+        p,
+        "torch and numba threads (an LSTM at batch 1 gains little from more, and a run's bits "
+        "depend on it; as in 'rpusim sweep')",
     )
 
 
@@ -362,7 +391,7 @@ def _add_bench(sub) -> None:
         "--device",
         default="cpu",
         metavar="DEV",
-        help="cpu (default) or cuda[:N]: where all three implementations run",
+        help="cpu or cuda[:N]: where all three implementations run",
     )
     _add_threads(p)
     p.set_defaults(func=_bench)

@@ -503,7 +503,10 @@ class TrainConfig(_Section):
     seq_len: int = Field(100, ge=1, description="BPTT length (time steps per update)")
     epochs: int = Field(1, ge=1, description="passes over the training split")
     max_chars: int | None = Field(
-        None, ge=1, description="stop after this many training characters (null: epochs only)"
+        None,
+        ge=1,
+        description="stop after this many training characters, rounded up to whole batches of "
+        "seq_len x batch_size (null: epochs only)",
     )
     eval_every_chars: int = Field(
         100_000, ge=1, description="evaluate and checkpoint every this many training characters"
@@ -514,6 +517,35 @@ class TrainConfig(_Section):
     device: str = Field(
         "cpu", description="where the tiles live: cpu (numba twins) or cuda[:N] (Triton twins)"
     )
+    lr_schedule: Literal["constant", "step", "exponential", "cosine"] = Field(
+        "constant",
+        description="the rate against characters trained: constant lr; step: x lr_gamma every "
+        "lr_step_chars; exponential: the same, continuous; cosine: lr down to lr_min over the run "
+        "(see rpusim/schedule.py)",
+    )
+    lr_gamma: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="step/exponential: the rate's factor per lr_step_chars characters",
+    )
+    lr_step_chars: int = Field(
+        1_000_000, ge=1, description="step/exponential: characters per factor of lr_gamma"
+    )
+    lr_min: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="cosine: the rate at the run's end, 0 <= lr_min <= lr (the run: min(epochs "
+        "x chars per epoch, max_chars rounded up to whole batches) characters)",
+    )
+    lr_warmup_chars: int = Field(
+        0,
+        ge=0,
+        description="the rate rises linearly from 0 to lr over this many characters first; the "
+        "schedule's decay starts after it",
+    )
 
     @model_validator(mode="after")
     def _known_device(self) -> TrainConfig:
@@ -521,6 +553,12 @@ class TrainConfig(_Section):
             raise ValueError(
                 f"device {short_repr(self.device)} is not a device: use cpu, cuda or cuda:N"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lr_min_below_lr(self) -> TrainConfig:
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) must be at most lr ({self.lr})")
         return self
 
 
@@ -589,6 +627,11 @@ def add_override_option(parser: Any, help_text: str) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
     )
+
+
+def add_threads_option(parser: Any, help_text: str) -> None:
+    """The ``--threads N`` option (default 1) of every command that trains or runs a model."""
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help=help_text)
 
 
 def config_keys(section: type[BaseModel] | None = None, prefix: str = "") -> list[dict[str, str]]:

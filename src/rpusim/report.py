@@ -10,7 +10,7 @@
 * ``train_test.png`` for sweeps of variants only (baseline, regularization): training and test
   cross-entropy of each variant, to show the generalization gap.
 * When DAC bits (``rpu.forward.inp_bits``) are swept, the smallest bit count whose final test
-  loss lies within ``--tolerance`` nats of the reference, for each rounding mode.
+  loss lies within ``--bits-tolerance`` nats of the reference, for each rounding mode.
 
 Losses are cross-entropies in nats per character, as ``train.py`` logs them. Points that did
 not finish (pending, failed, diverged) are counted in the table and left out of the means.
@@ -545,7 +545,7 @@ def report(out: str | Path, tolerance: float = 0.05) -> Path:
     data_cmd = sw.doc.get("command") or f"rpusim sweep ... --out {out}"
     fig_cmd = shlex.join(
         ["rpusim", "report", str(out)]
-        + (["--tolerance", f"{tolerance:g}"] if tolerance != 0.05 else [])
+        + (["--bits-tolerance", f"{tolerance:g}"] if tolerance != 0.05 else [])
     )
     made = f"Data: `{data_cmd}`; figure: `{fig_cmd}`."
     md: list[str] = [f"# Sweep report: {sw.doc.get('name', out.name)}", ""]
@@ -725,11 +725,14 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("dir", help="the sweep folder (rpusim sweep ... --out DIR)")
     p.add_argument(
-        "--tolerance",
+        "--bits-tolerance",
+        "--tolerance",  # its first name, still accepted
+        dest="tolerance",
         type=float,
         default=0.05,
-        help="nats/char above the reference within which a DAC bit count counts as enough "
-        "(default 0.05)",
+        metavar="NATS",
+        help="DAC-bits tolerance: the final test loss (nats/char) above the reference within "
+        "which a DAC bit count counts as enough (--tolerance is the same option)",
     )
     p.set_defaults(func=report_main)
     return p

@@ -81,6 +81,7 @@ from rpusim.config import (
     ConfigError,
     RunConfig,
     add_override_option,
+    add_threads_option,
     load_yaml,
     parse_assignment,
     short_repr,
@@ -899,18 +900,15 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_override_option(
         p, "override a run config key in every point, e.g. --set train.max_chars=20000"
     )
-    p.add_argument("--workers", type=int, help="runs at once (default: the CPU cores)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads per run (default 1; fixed so that results do not depend on --workers)",
+    p.add_argument("--workers", type=int, metavar="N", help="runs at once (default: the CPU cores)")
+    add_threads_option(
+        p, "torch and numba threads per run (fixed so that results do not depend on --workers)"
     )
     p.add_argument(
         "--backend",
         choices=("local", "ray"),
         default="local",
-        help="local: a process pool on this machine (default); ray: Ray tasks",
+        help="local: a process pool on this machine; ray: Ray tasks",
     )
     p.add_argument("--address", help="with --backend ray: the cluster to join (else a local one)")
     p.set_defaults(func=sweep_main)

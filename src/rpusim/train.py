@@ -5,7 +5,8 @@ sequences with its evaluation, checkpoint and log. A run folder holds::
 
     config.yaml     the fully resolved RunConfig (rpu preset expanded to the full tree)
     metrics.csv     one row per evaluation: epoch, chars, train_loss, valid_loss, test_loss,
-                    elapsed_s, chars_per_s (losses: cross-entropy per character in nats)
+                    elapsed_s, chars_per_s, lr (losses: cross-entropy per character in nats;
+                    lr: the learning rate of the last update before the evaluation)
     summary.json    status, final and best losses, seed, versions, wall time, throughput
     checkpoint.pt   everything needed to continue bit for bit (see below)
 
@@ -24,14 +25,19 @@ Choices, documented here once:
   generators) is restored after it. The training trajectory is therefore the same whatever the
   evaluation schedule, and a run stopped by ``max_chars`` continues exactly.
 * ``chars_per_s`` is training characters per second of training (evaluation excluded) since the
-  previous evaluation; ``elapsed_s`` is wall time since the run began, summed over resumes.
+  previous evaluation; ``elapsed_s`` is wall time since the run began, summed over resumes. The
+  kernels are compiled (or loaded from numba's cache) on a throwaway copy of the model before
+  the clock starts, so the first row's rate does not include the compilation.
+* The learning rate follows ``train.lr_schedule`` (:mod:`rpusim.schedule`): a pure function of
+  the characters trained before each update step, so a resumed run stays on its schedule.
 
 The checkpoint (written atomically at every evaluation, read with ``weights_only=True``) holds
 the model (every tile's weights, device draws and random-generator states, the dropout
 generator), the vocabulary, the data position (epoch, next sequence), the carried hidden state,
 the metrics so far and the config. A run continued with ``resume=True`` from it is bit-identical
 to one that was never interrupted. On resume only ``train.max_chars`` and ``train.epochs`` may
-differ from the checkpoint's config.
+differ from the checkpoint's config (not even they with ``lr_schedule: cosine``, whose decay
+spans the run's length).
 
 A NaN or infinite loss or weight stops the run (status ``diverged``); the last good checkpoint is
 kept. A run folder that cannot be written (a full disk) stops the run with :class:`RunFailed`,
@@ -61,6 +67,7 @@ from rpusim.config import DEVICE_NAME, ConfigError, RunConfig
 from rpusim.data import BatchStream, DataError, Vocab, load_corpus, slice_corpus, split
 from rpusim.io import FolderLock, atomic_write, atomic_write_text, remove_stale_temporaries
 from rpusim.model import CharLSTM
+from rpusim.schedule import learning_rate, run_chars
 
 METRICS_COLUMNS = (
     "epoch",
@@ -70,6 +77,7 @@ METRICS_COLUMNS = (
     "test_loss",
     "elapsed_s",
     "chars_per_s",
+    "lr",  # appended last: the columns before it keep their positions
 )
 CHECKPOINT_FORMAT = "rpusim-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -231,6 +239,7 @@ def _train(
     model = build_model(cfg, vocab.size)
 
     # -- where we are: a fresh start or the checkpoint's position -------------------------------
+    total_chars = run_chars(tc, chars_per_epoch)  # the run's length (the cosine schedule's span)
     epoch, chars, step, elapsed_before = 0, 0, 0, 0.0
     saved_chars = None  # the characters of the last checkpoint written (None: none yet)
     metrics: list[dict[str, float]] = []
@@ -259,7 +268,12 @@ def _train(
         saved_chars = chars
         metrics = [dict(row) for row in ckpt["metrics"]]
         elapsed_before = float(ckpt["elapsed_s"])
-        _log(verbose, f"resuming {out} at epoch {epoch}, {chars:,} chars (step {step})")
+        for row in metrics:  # rows of an rpusim from before the lr column
+            row.setdefault("lr", learning_rate(tc, row["chars"] - chars_per_step, total_chars))
+        _log(
+            verbose,
+            f"resuming {out} at epoch {chars / chars_per_epoch:.2f} ({chars:,} chars, step {step})",
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(out / "config.yaml")
@@ -268,7 +282,7 @@ def _train(
         raise TrainError(f"--out {out}: cannot write the run folder ({_why(err)})") from None
 
     # -- the loop ---------------------------------------------------------------------------------
-    total_chars = min(tc.max_chars or math.inf, tc.epochs * chars_per_epoch)
+    _warm_up_kernels(cfg, vocab.size, verbose)
     bar = _progress_bar(progress, total_chars, chars)
     run = {
         "out": out,
@@ -288,8 +302,9 @@ def _train(
             if stream.position == 0:
                 state = model.init_state(tc.batch_size)  # each epoch starts from the zero state
             for inputs, targets in stream:
+                lr = learning_rate(tc, chars, total_chars)
                 t0 = time.perf_counter()
-                loss, state = model.train_step(inputs, targets, state, tc.lr)
+                loss, state = model.train_step(inputs, targets, state, lr)
                 train_time += time.perf_counter() - t0
                 step += 1
                 chars += chars_per_step
@@ -334,6 +349,7 @@ def _train(
                     "test_loss": test_loss,
                     "elapsed_s": round(elapsed_before + time.perf_counter() - t_begin, 3),
                     "chars_per_s": round(loss_chars / max(train_time, 1e-9), 1),
+                    "lr": lr,
                 }
                 metrics.append(row)
                 try:
@@ -418,6 +434,33 @@ def _evaluate(model: CharLSTM, *streams: BatchStream) -> list[float]:
         losses.append(total / n)
     model.load_state_dict(snapshot)
     return losses
+
+
+def _warm_up_kernels(cfg: RunConfig, vocab_size: int, verbose: bool) -> None:
+    """Compile the kernels (or load them from numba's cache) before the clock starts: one update
+    step and one evaluation of a throwaway copy of the model on two characters (the run's own
+    model and random streams are not touched). The first compilation takes ~20 s: say so."""
+    if verbose and cfg.train.device == "cpu" and not _numba_cache_filled():
+        _log(True, "rpusim: compiling kernels (first run only) ...")
+    model = build_model(cfg, vocab_size)
+    tc = cfg.train
+    for batch in (tc.batch_size, tc.eval_batch_size):
+        ids = torch.zeros((2, batch), dtype=torch.long)
+        if batch == tc.batch_size:
+            model.forward_backward(ids, ids, model.init_state(batch))
+            model.apply_update(tc.lr)
+        model.evaluate(ids, ids, model.init_state(batch))
+
+
+def _numba_cache_filled() -> bool:
+    """Whether numba's on-disk cache holds compiled kernels of rpusim: ``NUMBA_CACHE_DIR`` when
+    set, else ``kernels/__pycache__`` (where numba puts them when it may write there)."""
+    import numba
+
+    from rpusim import kernels
+
+    place = Path(numba.config.CACHE_DIR or Path(kernels.__file__).parent / "__pycache__")
+    return place.is_dir() and next(place.rglob("numba_*.nbi"), None) is not None
 
 
 def _first_nonfinite_tile(model: CharLSTM) -> int | None:
@@ -533,13 +576,20 @@ def load_checkpoint(path: str | Path, cfg: RunConfig | None = None) -> dict[str,
         raise TrainError(f"{path}: checkpoint field {bad} (damaged); restore it or start a new run")
     if cfg is not None:
         theirs, mine = _flat(_with_defaults(ckpt["config"])), _flat(cfg.to_dict())
+        # The cosine schedule spans the run's length: it fixes max_chars and epochs too.
+        cosine = cfg.train.lr_schedule == "cosine"
+        resumable = () if cosine else RESUMABLE_KEYS
         for key in sorted(set(theirs) | set(mine)):
-            if key in RESUMABLE_KEYS or theirs.get(key) == mine.get(key):
+            if key in resumable or theirs.get(key) == mine.get(key):
                 continue
+            allowed = (
+                "nothing may change: lr_schedule cosine spans the run's length"
+                if cosine
+                else f"only {' and '.join(RESUMABLE_KEYS)} may change"
+            )
             raise TrainError(
                 f"{path}: written with {key}={theirs.get(key)!r}, the config gives "
-                f"{mine.get(key)!r}; resume with the run's own config (only "
-                f"{' and '.join(RESUMABLE_KEYS)} may change)"
+                f"{mine.get(key)!r}; resume with the run's own config ({allowed})"
             )
     return ckpt
 
