@@ -177,7 +177,8 @@ def signal_chain(out: Path):
     ax.text(
         (bm_x + dac_x) / 2,
         0.12,
-        "saturated: $\\hat x \\leftarrow \\hat x / 2$, a new noisy read (bound_management: iterative)",
+        "saturated: $\\hat x \\leftarrow \\hat x / 2$, a new noisy read "
+        "(bound_management: iterative)",
         ha="center",
         fontsize=8,
         color="tab:red",
@@ -350,8 +351,9 @@ def lstm_tile(out: Path, n_in: int = 87, hidden: int = 64):
         x0 - 1.1,
         -0.5,
         "Backward (BPTT): per step one read $W^T \\delta_t$ of the same tile gives the error of "
-        "$[x_t; h_{t-1}]$.\nUpdate: the T × batch pairs $(z_t, \\delta_t)$, $z_t = [x_t; h_{t-1}; 1]$,"
-        " $\\delta_t$ = the error of $a_t$, as pulse trains on the columns and the rows.",
+        "$[x_t; h_{t-1}]$.\nUpdate: the T × batch pairs $(z_t, \\delta_t)$, "
+        "$z_t = [x_t; h_{t-1}; 1]$, $\\delta_t$ = the error of $a_t$, as pulse trains on the "
+        "columns and the rows.",
         ha="left",
         va="top",
         fontsize=9,
