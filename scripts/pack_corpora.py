@@ -1,7 +1,10 @@
-"""Rebuild the shipped corpora ``src/rpusim/corpora/*.xz`` from ``../shared/data``.
+"""Rebuild the shipped corpora ``src/rpusim/corpora/*.xz`` from their uncompressed sources.
 
-    python scripts/pack_corpora.py                 # pack from ../shared/data, then verify
-    python scripts/pack_corpora.py --check         # only verify the shipped files
+    python scripts/pack_corpora.py --source FOLDER  # pack from FOLDER, then verify
+    python scripts/pack_corpora.py --check          # only verify the shipped files
+
+FOLDER holds ``warpeace.txt``, ``linux_substitute.txt`` and ``linux_substitute.files.txt`` (not
+part of the repository; where they come from: ``src/rpusim/corpora/README.md``).
 
 Each source file is checked against the sha256 in ``rpusim.data.CORPORA`` before packing, and each
 packed file is decompressed and checked again. Compression is the standard library's ``lzma``
@@ -85,12 +88,13 @@ def main() -> None:
     parser.add_argument(
         "--source",
         type=Path,
-        default=ROOT.parent / "shared" / "data",
-        help="folder holding warpeace.txt and linux_substitute*.txt",
+        help="folder holding warpeace.txt and linux_substitute*.txt (needed unless --check)",
     )
     parser.add_argument("--check", action="store_true", help="only verify the shipped files")
     args = parser.parse_args()
     if not args.check:
+        if args.source is None:
+            parser.error("give --source FOLDER to pack, or --check to verify the shipped files")
         pack(args.source)
     verify()
 

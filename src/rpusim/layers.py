@@ -1,4 +1,4 @@
-"""Analog layers: a linear layer and LSTM layers, each ONE tile (``docs/rpu-model.md`` section 5).
+"""Analog layers: a linear layer and LSTM layers, each ONE tile (``docs/model.md`` section 7).
 
 The matrix-vector products (forward read ``W z``, backward read ``W^T delta``) and the weight
 update (pulsed, ``W <- W - lr * delta z^T`` per time step and batch row) happen on the tile;

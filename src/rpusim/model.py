@@ -2,7 +2,7 @@
 
 One-hot bytes ``x_t`` (V) -> ``layers`` LSTM layers of ``hidden`` units (one tile
 ``(4h, n_in + h + 1)`` each) -> output layer (one tile ``(V, h + 1)``) -> softmax over the next
-byte. Everything but the tiles' reads and updates is digital float32 (``docs/rpu-model.md`` §5).
+byte. Everything but the tiles' reads and updates is digital float32 (``docs/model.md`` §7).
 
 Loss and learning rate: :meth:`CharLSTM.train_step` returns, and differentiates, the MEAN
 cross-entropy per predicted character, ``L = (1 / (T B)) sum_{t,b} -log p(y_tb)`` in nats, and the

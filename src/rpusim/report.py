@@ -413,30 +413,108 @@ def plot_final(
     _save(fig, path)
 
 
-def _cap(ax: Any, sw: Sweep) -> None:
+def _cap(ax: Any, sw: Sweep) -> list[Any]:
     """Cut the y axis just above ln V (a uniform guess): a run that ends worse than guessing is
-    drawn as a triangle at the top edge, labelled with its value."""
+    drawn as a triangle at the top edge, labelled with its value (its mean over seeds).
+
+    Labels hang below their triangle; where triangles crowd, a label moves down a row, and one
+    with no free place within a few rows is left out (``place_labels``). Returns the labels drawn.
+    """
     if sw.uniform is None:
-        return
+        return []
     cap = sw.uniform + 0.5
     ax.axhline(sw.uniform, color="gray", ls=":", lw=1, label=f"uniform guess, ln {sw.vocab_size}")
     lo, hi = ax.get_ylim()
     if hi <= cap:
-        return
+        return []
     ax.set_ylim(lo, cap)
-    for line in ax.get_lines():
-        for x, y in zip(*line.get_data(), strict=True):
-            if isinstance(y, int | float) and y > cap:
-                ax.plot([x], [cap], "^", color=line.get_color(), ms=8, clip_on=False)
-                ax.annotate(
-                    f"{y:.1f}",
-                    (x, cap),
-                    textcoords="offset points",
-                    xytext=(0, -14),
-                    ha="center",
-                    fontsize=8,
-                    color=line.get_color(),
-                )
+    from matplotlib.container import ErrorbarContainer
+
+    # Only the data lines: not an error bar's caps (the seeds' min and max, not a result) nor
+    # lines drawn in axes coordinates (axhline, the "did not finish" crosses).
+    caps = {id(c) for cont in ax.containers if isinstance(cont, ErrorbarContainer) for c in cont[1]}
+    above = [
+        (x, y, line.get_color())
+        for line in list(ax.get_lines())
+        if id(line) not in caps and line.get_transform() is ax.transData
+        for x, y in zip(*line.get_data(), strict=True)
+        if isinstance(y, int | float) and y > cap
+    ]
+    labels = []
+    for x, y, color in above:
+        ax.plot([x], [cap], "^", color=color, ms=8, clip_on=False)
+        labels.append(
+            ax.annotate(
+                f"{y:.1f}",
+                (x, cap),
+                textcoords="offset points",
+                xytext=(0, -LABEL_GAP_PT),
+                ha="center",
+                va="top",
+                fontsize=8,
+                color=color,
+                # Over the error bar that runs up to the triangle: readable, not crossed out.
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+            )
+        )
+    if not labels:
+        return []
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    anchors = [tuple(ax.transData.transform((x, cap))) for x, _, _ in above]
+    sizes = []
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        sizes.append((box.width, box.height))
+    places = place_labels(anchors, sizes, gap=LABEL_GAP_PT * px_per_pt)
+    kept = []
+    for label, anchor, size, place in zip(labels, anchors, sizes, places, strict=True):
+        if place is None:
+            label.remove()
+            continue
+        top = place[1] + size[1] / 2  # the label's top centre, as an offset from its triangle
+        label.xyann = (0.0, (top - anchor[1]) / px_per_pt)
+        kept.append(label)
+    return kept
+
+
+LABEL_GAP_PT = 8.0  # points between a triangle at the top edge and its label
+
+
+def place_labels(
+    anchors: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[float, float]],
+    gap: float = 2.0,
+    rows: int = 4,
+) -> list[tuple[float, float] | None]:
+    """Centres of text boxes hanging below their anchor points, no two boxes overlapping.
+
+    ``anchors`` are points and ``sizes`` the (width, height) of each point's label box, both in
+    display units (pixels) with y upwards, as matplotlib's ``transData.transform`` and
+    ``Text.get_window_extent`` give them. Each label is centred under its anchor, its top
+    ``gap`` below it; if that box overlaps a label placed before it (in the order given), it moves
+    down by one box height plus ``gap``, up to ``rows`` places; a label with no free place is left
+    out (None). Boxes that only touch do not overlap.
+    """
+    placed: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1
+    out: list[tuple[float, float] | None] = []
+    for (x, y), (w, h) in zip(anchors, sizes, strict=True):
+        where = None
+        for row in range(rows):
+            top = y - gap - row * (h + gap)
+            box = (x - w / 2, top - h, x + w / 2, top)
+            if not any(_overlap(box, other) for other in placed):
+                placed.append(box)
+                where = (x, top - h / 2)
+                break
+        out.append(where)
+    return out
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether two boxes (x0, y0, x1, y1) share an area (touching edges do not count)."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _pretty_other(key: str, sw: Sweep) -> str:

@@ -453,14 +453,14 @@ def _warm_up_kernels(cfg: RunConfig, vocab_size: int, verbose: bool) -> None:
 
 
 def _numba_cache_filled() -> bool:
-    """Whether numba's on-disk cache holds compiled kernels of rpusim: ``NUMBA_CACHE_DIR`` when
-    set, else ``kernels/__pycache__`` (where numba puts them when it may write there)."""
+    """Whether numba's on-disk cache holds the compiled update kernel: ``NUMBA_CACHE_DIR`` when
+    set, else ``update/__pycache__`` (where numba puts it when it may write there)."""
     import numba
 
-    from rpusim import kernels
+    from rpusim import update
 
-    place = Path(numba.config.CACHE_DIR or Path(kernels.__file__).parent / "__pycache__")
-    return place.is_dir() and next(place.rglob("numba_*.nbi"), None) is not None
+    place = Path(numba.config.CACHE_DIR or Path(update.__file__).parent / "__pycache__")
+    return place.is_dir() and next(place.rglob("numba*apply_pass*.nbi"), None) is not None
 
 
 def _first_nonfinite_tile(model: CharLSTM) -> int | None:
