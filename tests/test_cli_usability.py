@@ -109,8 +109,8 @@ def test_numba_cache_check_looks_where_numba_writes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
     assert not train_module._numba_cache_filled()
-    (tmp_path / "rpusim_kernels").mkdir()
-    (tmp_path / "rpusim_kernels/numba_update._f-10.py311.nbi").write_bytes(b"")
+    (tmp_path / "rpusim_update").mkdir()
+    (tmp_path / "rpusim_update/numba.apply_pass_constant_step-10.py311.nbi").write_bytes(b"")
     assert train_module._numba_cache_filled()
 
 

@@ -6,7 +6,7 @@ src/ (Markdown, YAML, Python and shell files, docstrings and comments included):
 * relative Markdown links and images, ``[text](path#anchor)``: the file (and, for a Markdown
   target, the heading the anchor names) must exist;
 * cited paths, such as ``docs/model.md``, ``experiments/baseline.yaml``, ``scripts/plot_runs.py``,
-  ``kernels/numba_lstm.py`` (package-relative) or anything starting with ``../``: the path must
+  ``update/numba.py`` (package-relative) or anything starting with ``../``: the path must
   exist inside the repository. A path outside it (``../shared/...``) is not in a clone.
 """
 
@@ -56,7 +56,7 @@ def _roots() -> dict[str, list[Path]]:
     roots = {name.split("/")[0]: [ROOT] for name in _repo_files() if "/" in name}
     for sub in PACKAGE.iterdir():
         if sub.is_dir() and not sub.name.startswith("_"):
-            roots.setdefault(sub.name, []).append(PACKAGE)  # kernels/numba_update.py
+            roots.setdefault(sub.name, []).append(PACKAGE)  # update/numba.py
     roots["rpusim"] = [ROOT / "src"]  # rpusim/rng.py
     roots["shared"] = [ROOT]  # the development machines' folder beside the repo: never in a clone
     return roots
@@ -142,8 +142,8 @@ def test_the_checker_catches_what_it_should():
     text = (
         "see `docs/rpu-model.md`, paper.md, ../shared/docs/paper.md, "
         "[a](../experiments/nope.yaml), "
-        "[b](performance.md#no-such-heading), scripts/x.py and kernels/numba_nope.py; "
-        "but docs/model.md, kernels/numba_lstm.py, rpusim/rng.py, [c](model.md), "
+        "[b](performance.md#no-such-heading), scripts/x.py and update/numba_nope.py; "
+        "but docs/model.md, update/numba.py, rpusim/rng.py, [c](model.md), "
         "[d](performance.md#gpu), report.md, https://example.org/a/b.md, runs/x/report.md and "
         "experiments/lstm2-64wp-{fp,rpu}.yaml are fine"
     )
@@ -153,7 +153,7 @@ def test_the_checker_catches_what_it_should():
         "../shared/docs/paper.md",
         "../experiments/nope.yaml",
         "scripts/x.py",
-        "kernels/numba_nope.py",
+        "update/numba_nope.py",
     ]
     assert broken_links(fake, text) == [
         "link ../experiments/nope.yaml",

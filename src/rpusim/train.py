@@ -634,7 +634,9 @@ def _bad_field(ckpt: dict[str, Any]) -> str | None:
         "metrics": isinstance(ckpt["metrics"], list)
         and all(
             isinstance(row, dict)
-            and all(isinstance(row.get(c), int | float) for c in METRICS_COLUMNS)
+            # "lr" may be missing: checkpoints from before schedules lack it (filled on resume)
+            and all(isinstance(row.get(c), int | float) for c in METRICS_COLUMNS if c != "lr")
+            and isinstance(row.get("lr", 0.0), int | float)
             for row in ckpt["metrics"]
         ),
         "elapsed_s": isinstance(ckpt["elapsed_s"], int | float)

@@ -1,4 +1,4 @@
-"""The update's plan: pulse probabilities, bit lengths and update/BL management (section 3.1).
+"""The update's plan: pulse probabilities, bit lengths and update and BL management (section 3.1).
 
 Computed once per call, in float64 and then rounded to float32, and shared by every twin of the
 update (:mod:`rpusim.update.reference`, :mod:`rpusim.update.numba`, :mod:`rpusim.update.triton`),

@@ -49,7 +49,7 @@ def pulsed_update_reference(
         d: ``(K, out)`` float32 errors.
         lr: learning rate.
         dev: the tile's devices (model, per-device parameters, bounds, constants).
-        cfg: bit length and update/BL management.
+        cfg: bit length and update and BL management.
         dw_min: nominal step, used for the pulse probabilities.
         key: in ``[0, 2**31)``; fixes every random number of the call.
 
