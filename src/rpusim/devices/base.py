@@ -28,8 +28,8 @@ class PulsedDeviceConfig(Section):
     dw_min_std: float = Field(0.3, ge=0, description="cycle-to-cycle spread of each step")
     up_down: float = Field(0.0, gt=-1, lt=1, description="mean up/down asymmetry (fraction)")
     up_down_dtod: float = Field(0.01, ge=0, description="device-to-device spread of asymmetry")
-    w_max: float | None = Field(0.6, ge=0, description="upper weight bound (null: unbounded)")
-    w_min: float | None = Field(-0.6, le=0, description="lower weight bound (null: unbounded)")
+    w_max: float | None = Field(0.6, gt=0, description="upper weight bound (null: unbounded)")
+    w_min: float | None = Field(-0.6, lt=0, description="lower weight bound (null: unbounded)")
     w_max_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_max")
     w_min_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_min")
 
@@ -67,8 +67,10 @@ def draw_pulsed(
 
     so ``up_down > 0`` makes every down step smaller than the up step by ``up_down * dw_min``.
     A drawn step below zero is floored at zero [choice]: that device is stuck in that direction.
-    Bounds: ``w_max_ij = w_max * (1 + w_max_dtod * xi)``, floored at 0, and the same for ``w_min``
-    (capped at 0), so that ``w_min_ij <= 0 <= w_max_ij`` always.
+    Bounds: ``w_max_ij = |w_max * (1 + w_max_dtod * xi)|`` and ``w_min_ij = -|w_min * (1 +
+    w_min_dtod * xi)|``: a draw that crosses zero is reflected (as the reference simulator does),
+    so that ``w_min_ij < 0 < w_max_ij`` for every device (a bound of exactly 0 would leave a
+    device that cannot move to one side).
     """
     gain = 1.0 + cfg.dw_min_dtod * normal(shape, generator)
     r = cfg.up_down_dtod * normal(shape, generator)
@@ -82,11 +84,11 @@ def draw_pulsed(
     if cfg.w_max is None:
         w_max = torch.full(shape, float("inf"), dtype=torch.float64)
     else:
-        w_max = (cfg.w_max * (1.0 + cfg.w_max_dtod * xi_max)).clamp_min(0.0)
+        w_max = (cfg.w_max * (1.0 + cfg.w_max_dtod * xi_max)).abs()
     if cfg.w_min is None:
         w_min = torch.full(shape, float("-inf"), dtype=torch.float64)
     else:
-        w_min = (cfg.w_min * (1.0 + cfg.w_min_dtod * xi_min)).clamp_max(0.0)
+        w_min = -(cfg.w_min * (1.0 + cfg.w_min_dtod * xi_min)).abs()
     return PulsedDraw(dw_up, dw_down, w_max, w_min)
 
 
