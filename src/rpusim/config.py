@@ -97,6 +97,16 @@ class UpdateConfig(_Section):
     bl_management: bool = Field(
         False, description="shorten the pulse train of pairs that need few coincidences"
     )
+    um_clip: Literal["both", "d_only"] = Field(
+        "both",
+        description="when lr max|x| max|d| / dw_min exceeds BL: both trains saturate (balanced) "
+        "or only d's (x kept exact, as aihwkit 1.2)",
+    )
+    pair_order: Literal["time", "reverse"] = Field(
+        "time",
+        description="order of one update's pairs: time order, or reversed (last pair first, "
+        "as aihwkit's autograd stores an LSTM's steps)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +168,9 @@ _IDEAL_IO = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "rpu_baseline": {},
+    # The RPU baseline with every convention of the reference simulator (aihwkit 1.2) where
+    # rpusim's default differs (docs/model.md, "rpusim and aihwkit").
+    "rpu_baseline_aihwkit": {"update": {"um_clip": "d_only", "pair_order": "reverse"}},
     "ideal": {
         "device": {
             "dw_min_dtod": 0.0,
@@ -209,11 +222,13 @@ def apply_overrides(tree: dict[str, Any], changes: dict[str, Any], prefix: str =
                 options = list(node) if isinstance(node, dict) else []
                 raise ConfigError(f"{where}: unknown key{_suggest(part, options)}")
             if depth == len(parts) - 1:
-                node[part] = value
                 if depth >= 1 and parts[depth - 1] == "device" and part in ("kind", "preset"):
-                    reshaped = reshape_device(node, part, value, where)
+                    # The section as it was (the old kind) decides what the new one keeps.
+                    reshaped = reshape_device(dict(node), part, value, where)
                     node.clear()
                     node.update(reshaped)
+                else:
+                    node[part] = value
             else:
                 if not isinstance(node[part], dict):
                     raise ConfigError(f"{where}: is a value, not a section (no '.' after it)")
@@ -222,7 +237,7 @@ def apply_overrides(tree: dict[str, Any], changes: dict[str, Any], prefix: str =
 
 
 def reshape_device(section: dict[str, Any], changed: str, value: Any, where: str) -> dict:
-    """A device section after its ``preset`` or ``kind`` was set to ``value``.
+    """A device section (as it was) after its ``preset`` or ``kind`` is set to ``value``.
 
     ``preset: NAME``: the published fit's values replace the whole section (keys set after it
     change them again). ``kind: NAME``: the new model's defaults, with the section's current
@@ -231,14 +246,14 @@ def reshape_device(section: dict[str, Any], changed: str, value: Any, where: str
     """
     if changed == "preset":
         if value is None:
-            return dict(section)
+            return {**section, "preset": None}
         if not isinstance(value, str) or value not in DEVICE_PRESETS:
             hint = _suggest(str(value), list(DEVICE_PRESETS))
             raise ConfigError(f"{where}: {value!r} is not a device preset{hint}")
         preset = preset_section(value)
         return {**MODELS[preset["kind"]].Config().model_dump(), **preset}
     if not isinstance(value, str) or value not in MODELS:
-        return dict(section)  # validation refuses the value, naming the allowed kinds
+        return {**section, "kind": value}  # validation refuses it, naming the allowed kinds
     old = MODELS.get(section.get("kind", "constant_step"))
     old_defaults = old.Config().model_dump() if old is not None else {}
     new = MODELS[value].Config().model_dump()

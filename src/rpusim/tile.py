@@ -135,6 +135,8 @@ class AnalogTile:
             self._w.sub_(lr * (d2.t() @ x2))
             torch.maximum(torch.minimum(self._w, self._dev.w_max), self._dev.w_min, out=self._w)
             return
+        if self.cfg.update.pair_order == "reverse":
+            x2, d2 = x2.flip(0), d2.flip(0)
         key = _stream_seed(self.seed, _STREAM_UPDATE, self._update_count)
         self._update_count += 1
         pulses.pulsed_update(

@@ -38,7 +38,9 @@ def pulse_scales(
         d: ``(K, out)`` errors of the K pairs (rows of the array).
         lr: learning rate ``eta``.
         cfg: ``bl`` (BL, or BL_max with ``bl_management``), ``update_management``,
-            ``bl_management``.
+            ``bl_management``, ``um_clip`` (which side saturates when ``k = lr max|x|
+            max|d| / dw_min`` exceeds BL: ``both`` (balanced, the papers' formula) or
+            ``d_only`` (x's probabilities kept exact, as the reference simulator does)).
         dw_min: the nominal step of the device model (not the per-device steps).
 
     Returns:
@@ -67,6 +69,12 @@ def pulse_scales(
         # Balance the two trains so neither saturates first: A max|x| = B max|d|.
         safe_x = torch.where(active, x_max, 1.0)
         safe_d = torch.where(active, d_max, 1.0)
+        if cfg.um_clip == "d_only":
+            # When the wanted count k exceeds BL the update cannot be delivered in full. The
+            # reference simulator (aihwkit 1.2) first shrinks d's side by BL / k, so that x's
+            # probabilities stay exact (A max|x| = 1) and only d's saturate.
+            k = lr * x_max * d_max / dw_min
+            safe_d = torch.where(k > cfg.bl, safe_d * (cfg.bl / k), safe_d)
         sqrt_m = torch.sqrt(safe_d / safe_x)
         a, b = scale * sqrt_m, scale / sqrt_m
     else:
