@@ -269,6 +269,7 @@ def test_balanced_pulses_drive_soft_bounds_devices_to_their_w_sym():
     """
     n, dw_min = 16, 0.002
     section = {"kind": "soft_bounds", "dw_min": dw_min, "up_down": 0.3, "dw_min_dtod": 0.1}
+    section.update(w_max_dtod=0.2, w_min_dtod=0.2)  # no bound floored at 0 (test 8)
     dev = draw(section, n, n, seed=5)
     st = dev.as_dict()
     w_sym = st["w_sym"].double()
@@ -458,7 +459,7 @@ def test_soft_bounds_reference_matches_one_by_one_statistically():
         return out
 
     ref, seq = finals(pulsed_update_reference), finals(pulsed_update_one_by_one)
-    assert (ref.mean(0) - w_start[diag, diag]).abs().mean() > 0.05  # the weights moved
+    assert (ref.mean(0) - w_start[diag, diag]).abs().mean() > 0.02  # the weights moved
     mean_diff = (ref.mean(0) - seq.mean(0)).mean().item()
     se_mean = math.sqrt((ref.var(0) + seq.var(0)).sum().item() / n_runs) / n
 
