@@ -378,3 +378,63 @@ def test_numba_kernel_memory_is_linear_in_pairs_not_devices_times_pairs():
     growth = (_rss_kib("VmHWM") - before) * 1024
     per_pair_slot_column = 4 * n_pairs * bl * n_in  # 123 MB: a (K, BL, in) float32 array
     assert growth < 48 * 2**20 < per_pair_slot_column, growth
+
+
+# ------------------------------------------------------------------------------------------------
+# Update management's saturation rule (um_clip) and the pairs' order
+# ------------------------------------------------------------------------------------------------
+
+
+def test_um_clip_d_only_keeps_x_exact_and_saturates_only_d():
+    """Below BL both rules are the balanced formula; above it, ``both`` clips both trains equally
+    (``A max|x| = B max|d| = sqrt(k / BL)``) while ``d_only`` keeps ``A max|x| = 1`` and lets
+    ``B max|d| = k / BL``. Either way ``bl A B = lr / dw_min``."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(40, 9, generator=gen) + 0.1
+    d = torch.rand(40, 6, generator=gen) * torch.logspace(-3, 0, 40)[:, None]
+    lr, dw_min, bl = 0.1, 0.001, 10
+    x_max, d_max = x.abs().amax(1).double(), d.abs().amax(1).double()
+    k = lr * x_max * d_max / dw_min
+    above = k > bl
+    assert above.any() and (~above).any()
+    both = pulse_scales(x, d, lr, UpdateConfig(bl=bl, um_clip="both"), dw_min)
+    d_only = pulse_scales(x, d, lr, UpdateConfig(bl=bl, um_clip="d_only"), dw_min)
+    for a, b, n in (both, d_only):
+        torch.testing.assert_close(
+            n.double() * a.double() * b.double(), torch.full_like(k, lr / dw_min), rtol=1e-6, atol=0
+        )
+    assert torch.equal(both[0][~above], d_only[0][~above])
+    assert torch.equal(both[1][~above], d_only[1][~above])
+    p_both, q_both = both[0].double() * x_max, both[1].double() * d_max
+    torch.testing.assert_close(p_both, q_both, rtol=1e-6, atol=0)
+    p, q = d_only[0].double() * x_max, d_only[1].double() * d_max
+    torch.testing.assert_close(p[above], torch.ones_like(p[above]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(q[above], k[above] / bl, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("um_clip", ["both", "d_only"])
+def test_twins_agree_under_either_um_clip(um_clip):
+    gen = torch.Generator().manual_seed(4)
+    dev = devices(11, 13, seed=2)
+    x = torch.randn(30, 13, generator=gen)
+    d = torch.randn(30, 11, generator=gen)  # large errors: most pairs saturate
+    cfg = UpdateConfig(bl=10, um_clip=um_clip)
+    w_ref, w_twin = torch.zeros(11, 13), torch.zeros(11, 13)
+    pulsed_update_reference(w_ref, x, d, 0.5, dev, cfg, 0.001, key=9)
+    numba_update(w_twin, x, d, 0.5, dev, cfg, 0.001, key=9)
+    assert torch.equal(w_ref, w_twin)
+
+
+def test_pair_order_reverse_applies_the_last_pair_first():
+    from rpusim import AnalogTile, RPUConfig
+
+    gen = torch.Generator().manual_seed(5)
+    x, d = torch.randn(20, 7, generator=gen), 0.3 * torch.randn(20, 5, generator=gen)
+    reverse = RPUConfig().override({"update.pair_order": "reverse"})
+    a, b = AnalogTile(5, 7, reverse, seed=1), AnalogTile(5, 7, RPUConfig(), seed=1)
+    a.update(x, d, lr=0.2)
+    b.update(x.flip(0), d.flip(0), lr=0.2)
+    assert torch.equal(a.get_weights(), b.get_weights())
+    c = AnalogTile(5, 7, RPUConfig(), seed=1)
+    c.update(x, d, lr=0.2)
+    assert not torch.equal(a.get_weights(), c.get_weights())
