@@ -99,8 +99,8 @@ class UpdateConfig(_Section):
     )
     um_clip: Literal["both", "d_only"] = Field(
         "both",
-        description="when lr max|x| max|d| / dw_min exceeds BL: both trains saturate (balanced) "
-        "or only d's (x kept exact, as aihwkit 1.2)",
+        description="when lr max(abs x) max(abs d) / dw_min exceeds BL: both trains saturate "
+        "(balanced) or only d's (x kept exact, as aihwkit 1.2)",
     )
     pair_order: Literal["time", "reverse"] = Field(
         "time",
