@@ -252,7 +252,8 @@ _COMPILE = textwrap.dedent(
         (tu._fire_words_kernel, dict(BLOCK=128), dict(
             v_ptr=F, scale_ptr=F, bl_ptr="*i32", base_ptr=I64, line_seed_ptr=I64,
             words_ptr="*u64", k0="i32", n_lines="i32")),
-        (tu._apply_kernel, dict(NOISY=True, BLOCK_J=16, BLOCK_I=32), dict(
+        (tu._apply_kernel, dict(NOISY=True, BLOCK_J=16, BLOCK_I=32,
+                                STEP_N=tu.folded_response("constant_step")), dict(
             w_ptr=F, x_ptr=F, d_ptr=F, col_word_ptr="*u64", row_word_ptr="*u64", dw_up_ptr=F,
             dw_down_ptr=F, w_min_ptr=F, w_max_ptr=F, std_sqrt_ptr=F, table_ptr=F,
             c2c_base_ptr=I64, c2c_col_seed_ptr=I64, k0="i32", k1="i32", n_out="i32",

@@ -6,7 +6,10 @@ function with ``ops`` bound to one dialect:
 
 * :data:`TORCH`: element-wise on tensors (the torch reference applies the response to a whole
   tile at once);
-* :data:`NUMBA`: on scalars, compiled by numba inside the update kernel's device loop.
+* :data:`NUMBA`: on scalars, compiled by numba inside the update kernel's device loop;
+* :func:`triton_dialect`: on blocks of devices inside the Triton update kernel (so far the
+  folded constant-step response: a model applied one coincidence at a time runs on the torch
+  reference on CUDA).
 
 ``ops.ONE`` is the float32 one of the folded constant-step response (:func:`~rpusim.devices.
 constant_step.step_n`), which stays in float32 as it always was.
@@ -90,6 +93,15 @@ NUMBA = _namespace(
     minimum=_minimum,
     take=_take,
 )
+
+
+def triton_dialect() -> types.ModuleType:
+    """On Triton tensors (blocks of devices), inside the Triton update kernel
+    (:mod:`rpusim.devices.ops_triton`; imported on first use: only CUDA runs and the
+    interpreter tests need Triton)."""
+    from rpusim.devices import ops_triton
+
+    return ops_triton
 
 
 def bind(fn: Callable, dialect: types.ModuleType) -> Callable:

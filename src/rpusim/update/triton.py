@@ -33,6 +33,8 @@ checks them on a machine without a GPU.
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import triton
 import triton.language as tl
@@ -40,7 +42,8 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from rpusim import rng
 from rpusim.config import UpdateConfig
-from rpusim.devices import DeviceArrays
+from rpusim.devices import MODELS, DeviceArrays
+from rpusim.devices.ops import bind, triton_dialect
 from rpusim.update.plan import check_args, pulse_scales, sqrt_counts
 
 
@@ -139,7 +142,7 @@ def _apply_kernel(
     dw_up_ptr, dw_down_ptr, w_min_ptr, w_max_ptr,
     std_sqrt_ptr, table_ptr, c2c_base_ptr, c2c_col_seed_ptr,
     k0, k1, n_out, n_in,
-    NOISY: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr,
+    NOISY: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr, STEP_N: tl.constexpr,
 ):  # fmt: skip
     """Pass 2: apply the pairs ``k0 <= k < k1``, in order, to one tile of devices.
 
@@ -147,6 +150,7 @@ def _apply_kernel(
     x: (K, in), d: (K, out) float32; col_word: (chunk, in), row_word: (chunk, out) uint64 from
     pass 1; std_sqrt: (65,) float32, ``std * sqrt(n)``; table: the normal table;
     c2c_base: (1,) int64; c2c_col_seed: (in,) int64. ``NOISY``: cycle-to-cycle noise on.
+    ``STEP_N``: the device model's folded response (``step_n``), compiled for Triton.
     """
     rows = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -176,20 +180,26 @@ def _apply_kernel(
                 h = _mix32(dev_seed[:, None] ^ c2c_col_seed[None, :])
                 z = tl.load(table_ptr + (h >> 16), mask=hit, other=0.0)
                 std_sqrt = tl.load(std_sqrt_ptr + count, mask=hit, other=0.0)
-                e = n + std_sqrt * z
             else:
-                e = n  # n + (0 * sqrt(n)) * z is exactly n
-            # s = -sign(d) sign(x) > 0: potentiation, with this device's own up step. Both signs
-            # are nonzero wherever n > 0 (a zero x or d never fires).
+                z = tl.zeros_like(n)  # n + (0 * sqrt(n)) * 0 is exactly n
+                std_sqrt = tl.zeros_like(n)
+            # s = -sign(d) sign(x) > 0: potentiation. Both signs are nonzero wherever n > 0 (a
+            # zero x or d never fires). The device model folds the n coincidences into one step.
             up = (d_k > 0.0)[:, None] != (x_k > 0.0)[None, :]
-            dw = tl.where(up, dw_up, dw_down)
-            s = tl.where(up, 1.0, -1.0)
-            v = w + s * (dw * e)
+            v = STEP_N(w, up, dw_up, dw_down, n, std_sqrt, z)
             v = tl.where(w_min > v, w_min, v)
             v = tl.where(w_max < v, w_max, v)
             # A device without a coincidence received no pulse pair: it is not touched.
             w = tl.where(hit, v, w)
     tl.store(w_ptr + at, w, mask=inside)
+
+
+@cache
+def folded_response(kind: str):
+    """The model's ``step_n`` with Triton's ``ops``, as a Triton function (one per model)."""
+    fn = bind(MODELS[kind].step_n, triton_dialect())
+    fn.__globals__["tl"] = tl  # Triton looks for its language among a function's globals
+    return triton.jit(fn)
 
 
 def interpreted() -> bool:
@@ -267,7 +277,8 @@ def pulsed_update_triton(
         _apply_kernel[tiles](
             w_c, x_c, d_c, col_word, row_word, dw_up, dw_down, w_min, w_max,
             std_sqrt, table, bases[2:3], c2c_col_seed, k0, k1, n_out, n_in,
-            NOISY=noisy, BLOCK_J=block_rows, BLOCK_I=block_cols, **IEEE_F32,
+            NOISY=noisy, BLOCK_J=block_rows, BLOCK_I=block_cols,
+            STEP_N=folded_response(dev.kind), **IEEE_F32,
         )  # fmt: skip
     if w_c is not w:
         w.copy_(w_c)
