@@ -1,5 +1,5 @@
-"""The ``rpusim`` command line: ``train``, ``sample``, ``config``, ``demo`` (``sweep``, ``report``
-and ``bench`` plug into COMMANDS from their modules).
+"""The ``rpusim`` command line: ``train``, ``sample``, ``config``, ``demo``, ``device``
+(``sweep``, ``report`` and ``bench`` plug into COMMANDS from their modules).
 
     rpusim train --config experiments/lstm2-64wp-rpu.yaml --set train.lr=0.5 --out runs/x
     rpusim train --out runs/x --resume                 # continue (config from runs/x)
@@ -7,6 +7,8 @@ and ``bench`` plug into COMMANDS from their modules).
     rpusim sample runs/x --chars 500 --temperature 0.8 --prime "The "
     rpusim demo --out runs/demo --minutes 5
     rpusim config --set rpu.device.up_down=0.02 > run.yaml   # a complete config to edit
+    rpusim config --presets                            # device and tile presets, with sources
+    rpusim device fit examples/devices/crosssim_ramp1.csv > device.yaml   # a measured device
 
 Every refused input (config, data, run folder, checkpoint) prints one line
 ``rpusim: error: ...`` on stderr and exits with status 2; a diverged run exits with status 1, as
