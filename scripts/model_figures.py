@@ -1,4 +1,4 @@
-"""Make the figures of docs/model.md: device response, DAC transfer, pulse trains and diagrams.
+"""Make the figures of docs/model.md: device responses, DAC transfer, pulse trains and diagrams.
 
     python scripts/model_figures.py [--out docs/figures]
 
@@ -61,6 +61,90 @@ def device_response(out: Path, n_devices: int = 6, pulses: int = 800, up_down: f
     ax.set_title(f"{title}\n{n_devices} devices: d2d spread of step and bounds (dotted), c2c noise")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+EXAMPLE_TABLE = Path(__file__).resolve().parents[1] / "examples" / "devices" / "crosssim_ramp1.csv"
+
+
+def _pulse_trace(cfg: RPUConfig, n_devices: int, up: int, down: int, start: float, seed: int):
+    """Weights of ``n_devices`` devices (one tile row) after each of ``up`` single coincidences
+    up, then ``down`` down (as :func:`device_response` drives them), and the devices' state."""
+    tile = AnalogTile(1, n_devices, cfg, seed=seed)
+    tile.set_weights(torch.full((1, n_devices), start))
+    x = torch.ones(1, n_devices)
+    trace = [tile.get_weights()[0]]
+    for direction, pulses in ((-1.0, up), (1.0, down)):  # d < 0 moves the weight up
+        d = torch.full((1, 1), direction)
+        for _ in range(pulses):
+            tile.update(x, d, lr=cfg.device.dw_min)
+            trace.append(tile.get_weights()[0])
+    return torch.stack(trace).numpy(), tile.device_state()
+
+
+def device_models(out: Path, n_devices: int = 6, seed: int = 7):
+    """One panel per device model: weight against pulse number, up pulses then down pulses,
+    one coincidence each, for ``n_devices`` devices of one tile (d2d spread and c2c noise)."""
+    from rpusim.devices.fit import fit_table, read_table
+
+    table = read_table(EXAMPLE_TABLE)
+    fit = fit_table(table, n_nodes=8)
+    measured = fit.w_min + (table.value - fit.value_min) / (fit.value_max - fit.value_min) * (
+        fit.w_max - fit.w_min
+    )
+    fitted = {f"device.{k}": v for k, v in fit.section().items() if k not in ("kind", "preset")}
+    fitted |= {"device.dw_min_dtod": 0.1, "device.w_max_dtod": 0.05, "device.w_min_dtod": 0.05}
+    single = {"update.bl": 1, "update.update_management": False}
+    panels = [
+        ("constant_step: RPU baseline (default)", {}, 800, 800, 0.0),
+        ("linear_step: preset ecram", {"device.preset": "ecram"}, 1200, 1200, 0.0),
+        ("soft_bounds: preset reram_sb", {"device.preset": "reram_sb"}, 1500, 1500, 0.0),
+        ("exp_step: preset reram_es", {"device.preset": "reram_es"}, 1500, 1500, 0.0),
+        (
+            "pow_step: pow_gamma 2, dw_min 0.004",
+            {"device.kind": "pow_step", "device.pow_gamma": 2.0, "device.dw_min": 0.004},
+            1000,
+            1000,
+            0.0,
+        ),
+        (
+            "piecewise_step: fit of the example table\n(d2d spread added: step 0.1, bounds 0.05)",
+            {"device.kind": "piecewise_step", **fitted},
+            int(table.up.sum()) - 1,
+            int((~table.up).sum()),
+            float(measured[0]),
+        ),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.6))
+    for ax, (title, changes, up, down, start) in zip(axes.flat, panels, strict=True):
+        cfg = RPUConfig().override({**changes, **single})
+        w, state = _pulse_trace(cfg, n_devices, up, down, start, seed)
+        for i in range(n_devices):
+            line = ax.plot(w[:, i], lw=0.8)[0]
+            for bound in ("w_max", "w_min"):
+                ax.axhline(state[bound][0, i].item(), color=line.get_color(), ls=":", lw=0.7)
+        if "piecewise" in title:
+            ax.plot(measured, "k", lw=1.2, label="measured (CrossSim example)")
+            ax.legend(fontsize=7, loc="lower center")
+        ax.axvline(up, color="k", lw=0.5)
+        dev = cfg.device
+        ax.set_title(
+            f"{title}\ndw_min {dev.dw_min:.3g}, c2c {dev.dw_min_std:.3g}, "
+            f"{(dev.w_max - dev.w_min) / dev.dw_min:,.0f} states",
+            fontsize=9,
+        )
+        ax.tick_params(labelsize=8)
+    for ax in axes[1]:
+        ax.set_xlabel("pulse number (up, then down)", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("weight", fontsize=9)
+    fig.suptitle(
+        f"The device models: {n_devices} devices of one tile each, single coincidences "
+        "(bounds dotted)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
@@ -379,6 +463,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     device_response(args.out / "device_response.png", pulses=800)
     device_response(args.out / "device_response_asym.png", pulses=300, up_down=0.2)
+    device_models(args.out / "device_models.png")
     dac_transfer(args.out / "dac_transfer.png")
     signal_chain(args.out / "signal_chain.png")
     pulse_trains(args.out / "pulse_trains.png")

@@ -1,5 +1,5 @@
-"""The ``rpusim`` command line: ``train``, ``sample``, ``config``, ``demo`` (``sweep``, ``report``
-and ``bench`` plug into COMMANDS from their modules).
+"""The ``rpusim`` command line: ``train``, ``sample``, ``config``, ``demo``, ``device``
+(``sweep``, ``report`` and ``bench`` plug into COMMANDS from their modules).
 
     rpusim train --config experiments/lstm2-64wp-rpu.yaml --set train.lr=0.5 --out runs/x
     rpusim train --out runs/x --resume                 # continue (config from runs/x)
@@ -7,6 +7,8 @@ and ``bench`` plug into COMMANDS from their modules).
     rpusim sample runs/x --chars 500 --temperature 0.8 --prime "The "
     rpusim demo --out runs/demo --minutes 5
     rpusim config --set rpu.device.up_down=0.02 > run.yaml   # a complete config to edit
+    rpusim config --presets                            # device and tile presets, with sources
+    rpusim device fit examples/devices/crosssim_ramp1.csv > device.yaml   # a measured device
 
 Every refused input (config, data, run folder, checkpoint) prints one line
 ``rpusim: error: ...`` on stderr and exits with status 2; a diverged run exits with status 1, as
@@ -137,6 +139,11 @@ def _add_config(sub) -> None:
     p.add_argument("--config", type=Path, help="run config YAML (default: all defaults)")
     add_override_option(p, "override a config value by dotted key (repeatable)")
     p.add_argument("--keys", action="store_true", help="list every key instead (Markdown table)")
+    p.add_argument(
+        "--presets",
+        action="store_true",
+        help="list the device presets (published fits) and tile presets instead (Markdown)",
+    )
     p.set_defaults(func=_cmd_config)
 
 
@@ -145,6 +152,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     from rpusim.config import config_keys
 
+    if args.presets:
+        print(presets_markdown(), end="")
+        return EXIT_OK
     if args.keys:
         print("| key | type | default | meaning |")
         print("|---|---|---|---|")
@@ -156,6 +166,137 @@ def _cmd_config(args: argparse.Namespace) -> int:
     else:
         cfg = RunConfig.from_dict({}, args.overrides)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return EXIT_OK
+
+
+#: What each tile preset (``rpu: NAME``, :data:`rpusim.config.PRESETS`) is.
+TILE_PRESET_NOTES = {
+    "rpu_baseline": "the defaults: the RPU baseline of Gokmen, Rasch & Haensch (2018), a "
+    "constant-step device (1,200 states, 30 % d2d and c2c spread) behind 7-bit DAC, 9-bit ADC "
+    "and read noise 0.06",
+    "ideal": "the floating-point twin: exact reads (no converters, no noise, no bounds) and the "
+    "exact update W <- W - lr d x^T (update.mode float)",
+}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def device_preset_rows() -> list[dict[str, str]]:
+    """One row per device preset: its model, key numbers, source and what is not modelled."""
+    from rpusim.devices import MODELS
+    from rpusim.devices.base import PulsedDeviceConfig
+    from rpusim.devices.presets import DEVICE_PRESETS, NOT_MODELLED, SOURCES
+
+    base = set(PulsedDeviceConfig.model_fields)
+    rows = []
+    for name, values in DEVICE_PRESETS.items():
+        cfg = MODELS[values["kind"]].Config(**values)
+        own = [f"{k} {_fmt(v)}" for k, v in values.items() if k not in base and k != "kind"]
+        rows.append(
+            {
+                "preset": name,
+                "kind": cfg.kind,
+                "dw_min": _fmt(cfg.dw_min),
+                "range": f"{_fmt(cfg.w_min)} .. {_fmt(cfg.w_max)}",
+                "states": f"{(cfg.w_max - cfg.w_min) / cfg.dw_min:,.0f}",
+                "c2c": _fmt(cfg.dw_min_std),
+                "up_down": _fmt(cfg.up_down),
+                "d2d": f"{_fmt(cfg.dw_min_dtod)} / {_fmt(cfg.w_max_dtod)}",
+                "model": ", ".join(own) or "–",
+                "source": SOURCES[name],
+                "not_modelled": NOT_MODELLED.get(name, "–"),
+            }
+        )
+    return rows
+
+
+def presets_markdown() -> str:
+    """``rpusim config --presets``: the device presets and the tile presets, as Markdown."""
+    from rpusim.config import PRESETS
+
+    out = [
+        "Device presets (published fits): --set rpu.device.preset=NAME",
+        "",
+        "| preset | kind | dw_min | w_min .. w_max | states | c2c (dw_min_std) | up_down "
+        "| d2d (step / bound) | model parameters | source | not modelled |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in device_preset_rows():
+        out.append(
+            f"| `{r['preset']}` | {r['kind']} | {r['dw_min']} | {r['range']} | {r['states']} "
+            f"| {r['c2c']} | {r['up_down']} | {r['d2d']} | {r['model']} | {r['source']} "
+            f"| {r['not_modelled']} |"
+        )
+    out += [
+        "",
+        "states: (w_max - w_min) / dw_min. Tile presets: --set rpu=NAME",
+        "",
+        "| preset | what it is |",
+        "|---|---|",
+    ]
+    for name in PRESETS:
+        out.append(f"| `{name}` | {TILE_PRESET_NOTES.get(name, '')} |")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# device
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_device(sub) -> None:
+    p = sub.add_parser(
+        "device",
+        help="device tools: fit a piecewise-step device to a measured pulse response",
+        description="Tools for device models (docs/model.md section 4).",
+    )
+    verbs = p.add_subparsers(dest="device_command", metavar="VERB", required=True)
+    f = verbs.add_parser(
+        "fit",
+        help="fit piecewise_step nodes to a measured pulse-response table",
+        description="Fit a piecewise-step device (rpu.device) to a pulse-response table: CSV "
+        "rows of pulse number, value read after the pulse (conductance, current or weight) "
+        "and direction (up/down), optionally under a header such as pulse,value,direction. "
+        "Writes the run-config YAML of the fitted device.",
+    )
+    f.add_argument("table", type=Path, metavar="FILE.csv", help="the pulse-response table")
+    f.add_argument("--nodes", type=int, default=8, help="nodes per direction (1 to 64)")
+    f.add_argument(
+        "--w-min", type=float, default=-1.0, help="weight the smallest measured value maps to"
+    )
+    f.add_argument(
+        "--w-max", type=float, default=1.0, help="weight the largest measured value maps to"
+    )
+    f.add_argument(
+        "--out", type=Path, default=None, metavar="FILE", help="write here (else stdout)"
+    )
+    f.set_defaults(func=_cmd_device_fit)
+
+
+def _cmd_device_fit(args: argparse.Namespace) -> int:
+    from rpusim.devices.fit import FitError, fit_table, read_table, to_yaml
+
+    try:
+        table = read_table(args.table)
+        fit = fit_table(
+            table, n_nodes=args.nodes, w_min=args.w_min, w_max=args.w_max, where=str(args.table)
+        )
+    except FitError as err:
+        raise UsageError(str(err)) from None
+    text = to_yaml(fit, args.table.name, args.nodes)
+    if args.out is None:
+        print(text, end="")
+    else:
+        from rpusim.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        print(f"{args.out}: piecewise_step, {args.nodes} nodes, dw_min {fit.dw_min:.4g}")
     return EXIT_OK
 
 
@@ -417,6 +558,7 @@ COMMANDS: dict[str, Callable] = {
     "sweep": add_sweep_parser,
     "report": add_report_parser,
     "bench": _add_bench,
+    "device": _add_device,
 }
 
 
