@@ -174,6 +174,8 @@ TILE_PRESET_NOTES = {
     "rpu_baseline": "the defaults: the RPU baseline of Gokmen, Rasch & Haensch (2018), a "
     "constant-step device (1,200 states, 30 % d2d and c2c spread) behind 7-bit DAC, 9-bit ADC "
     "and read noise 0.06",
+    "rpu_baseline_aihwkit": "the RPU baseline with the reference simulator's (aihwkit 1.2) "
+    "conventions where rpusim's differ: update.um_clip d_only, update.pair_order reverse",
     "ideal": "the floating-point twin: exact reads (no converters, no noise, no bounds) and the "
     "exact update W <- W - lr d x^T (update.mode float)",
 }
