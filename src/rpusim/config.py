@@ -173,7 +173,7 @@ class TTv2Config(TikiTakaConfig):
     )
     auto_scale: bool = Field(
         False,
-        description="fast lr x update.bl dw_min / (x_max d_max), with running maxima of max abs x, d",
+        description="fast lr x bl dw_min / (x_max d_max); running maxima of abs(x), abs(d)",
     )
     auto_momentum: float = Field(
         0.99, ge=0, lt=1, description="momentum of the running maxima of auto_scale"
