@@ -65,7 +65,8 @@ def test_run_folder_holds_config_metrics_summary_checkpoint(tmp_path):
     summary = train(cfg, tmp_path, progress=False, verbose=False)
 
     assert RunConfig.from_yaml(tmp_path / "config.yaml") == cfg  # fully resolved tree
-    assert (tmp_path / "config.yaml").read_text().count("inp_bits") == 2  # rpu tree, not a name
+    assert (tmp_path / "config.yaml").read_text().count("inp_bits") == 3  # rpu tree, not a name
+    # (forward, backward and the transfer read of rpu.transfer_forward)
 
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0] == ",".join(METRICS_COLUMNS)

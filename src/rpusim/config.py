@@ -110,6 +110,130 @@ class UpdateConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------------
+# Learning algorithms (``rpu.algorithm``; docs/model.md section 8, rpusim/algorithms/)
+# ---------------------------------------------------------------------------------------------
+
+
+#: The learning algorithms ``rpu.algorithm`` names (each in :mod:`rpusim.algorithms`).
+ALGORITHMS = ("sgd", "tiki_taka", "ttv2", "c_ttv2", "agad", "mixed_precision")
+
+
+class TransferIOConfig(IOConfig):
+    """Periphery of the transfer read of a column of ``A`` (one-hot input); as the reference
+    simulator's presets: no noise or bound management, the read's converters and noise on."""
+
+    noise_management: Literal["abs_max", "none"] = Field(
+        "none", description="scale each input vector by its largest absolute value before the DAC"
+    )
+    bound_management: Literal["iterative", "none"] = Field(
+        "none", description="read saturated rows again with the input halved, up to max_bm_factor"
+    )
+
+
+class TikiTakaConfig(_Section):
+    """Tiki-Taka v1 (Gokmen & Haensch 2020): fast array ``A``, slow array ``C``, ``W = gamma A +
+    C``; the gradient is written onto ``A``, columns of ``A`` are read and written into ``C``."""
+
+    gamma: float = Field(0.0, ge=0, description="weight of A in every read: W = gamma A + C")
+    transfer_every: int = Field(
+        1,
+        ge=1,
+        description="a transfer after every this many pairs (update calls: units_in_mbatch)",
+    )
+    units_in_mbatch: bool = Field(
+        True, description="count transfer_every in update calls (mini-batches), not in pairs"
+    )
+    n_reads_per_transfer: int = Field(
+        1, ge=1, description="columns of A read per transfer, taken in turn (cyclically)"
+    )
+    transfer_lr: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="learning rate of the transfer into C"
+    )
+    scale_transfer_lr: bool = Field(
+        True, description="multiply transfer_lr by the current learning rate"
+    )
+    fast_lr: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="learning rate of the gradient write onto A"
+    )
+    scale_fast_lr: bool = Field(True, description="multiply fast_lr by the current learning rate")
+    with_reset_prob: float = Field(
+        0.0, ge=0, le=1, description="probability that a column of A is set to 0 after its transfer"
+    )
+
+
+class TTv2Config(TikiTakaConfig):
+    """Tiki-Taka v2 (Gokmen 2021): each read column is accumulated in a digital buffer ``H`` (in
+    pulses of C); where ``|H| >= 1`` the integer part goes to ``C`` as single pulses."""
+
+    buffer_granularity: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="buffer threshold in units of device.dw_min (one pulse of C per threshold)",
+    )
+    momentum: float = Field(
+        0.1, ge=0, lt=1, description="fraction of the buffer kept after a transfer (momentum)"
+    )
+    forget_buffer: bool = Field(
+        True,
+        description="after pulses, H <- momentum H (forget); else H <- H - (1 - momentum) n",
+    )
+    max_pulses: int = Field(
+        1, ge=1, le=64, description="most pulses one buffer entry sends to C per transfer"
+    )
+    auto_scale: bool = Field(
+        False,
+        description="fast lr x bl dw_min / (x_max d_max); running maxima of abs(x), abs(d)",
+    )
+    auto_momentum: float = Field(
+        0.99, ge=0, lt=1, description="momentum of the running maxima of auto_scale"
+    )
+
+
+class ChoppedTTv2Config(TTv2Config):
+    """Chopped TTv2 (Rasch et al. 2024): TTv2 with a random sign per column (chopper) on the
+    gradient written onto ``A``, undone when the column is read."""
+
+    units_in_mbatch: bool = Field(
+        False, description="count transfer_every in update calls (mini-batches), not in pairs"
+    )
+    scale_fast_lr: bool = Field(False, description="multiply fast_lr by the current learning rate")
+    momentum: float = Field(
+        0.0, ge=0, lt=1, description="fraction of the buffer kept after a transfer (momentum)"
+    )
+    in_chop_prob: float = Field(
+        0.1, ge=0, le=1, description="probability that a column's chopper switches after its read"
+    )
+    in_chop_random: bool = Field(
+        True, description="switch at random; else regularly every 1/in_chop_prob reads (>= 2)"
+    )
+
+
+class AGADConfig(ChoppedTTv2Config):
+    """AGAD (Rasch et al. 2024): chopped TTv2 without a reference: the buffer takes each read
+    minus the column's mean read over the previous chopper period."""
+
+    in_chop_random: bool = Field(
+        False, description="switch at random; else regularly every 1/in_chop_prob reads (>= 2)"
+    )
+
+
+class MixedPrecisionConfig(_Section):
+    """Mixed precision (Nandakumar et al. 2020): the gradient is accumulated in a digital matrix
+    ``chi``; devices where ``|chi|`` exceeds the granularity get that many pulses."""
+
+    transfer_every: int = Field(
+        1, ge=1, description="a transfer (chi to the array) after every this many pairs"
+    )
+    granularity: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="weight per pulse (0: device.dw_min)"
+    )
+    max_pulses: int = Field(
+        64, ge=1, le=1024, description="most pulses one device receives per transfer"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The tile's configuration
 # ---------------------------------------------------------------------------------------------
 
@@ -124,6 +248,23 @@ class RPUConfig(_Section):
     forward: IOConfig = IOConfig()
     backward: BackwardIOConfig = BackwardIOConfig()
     update: UpdateConfig = UpdateConfig()
+    algorithm: Literal[ALGORITHMS] = Field(
+        "sgd", description="how the tile learns (docs/model.md section 8); sgd: the pulsed update"
+    )
+    tiki_taka: TikiTakaConfig = TikiTakaConfig()
+    ttv2: TTv2Config = TTv2Config()
+    c_ttv2: ChoppedTTv2Config = ChoppedTTv2Config()
+    agad: AGADConfig = AGADConfig()
+    mixed_precision: MixedPrecisionConfig = MixedPrecisionConfig()
+    transfer_forward: TransferIOConfig = TransferIOConfig()
+
+    @model_validator(mode="after")
+    def _algorithm_is_pulsed(self) -> RPUConfig:
+        if self.algorithm != "sgd" and self.update.mode != "pulsed":
+            raise ValueError(
+                f"algorithm {self.algorithm} writes pulses: it needs update.mode pulsed"
+            )
+        return self
 
     # -- construction --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rpusim import update as pulses
+from rpusim.algorithms import make_algorithm
 from rpusim.config import RPUConfig
 from rpusim.devices import DeviceArrays, consts, sample_devices
 from rpusim.periphery import analog_mvm
@@ -74,6 +74,8 @@ class AnalogTile:
         self._gen_forward = _generator(seed, _STREAM_FORWARD, self.device)
         self._gen_backward = _generator(seed, _STREAM_BACKWARD, self.device)
         self._update_count = 0
+        #: How the tile learns (``rpu.algorithm``); owns any further arrays (rpusim.algorithms).
+        self.algorithm = make_algorithm(self)
 
     # -- weights ---------------------------------------------------------------------------------
 
@@ -86,6 +88,7 @@ class AnalogTile:
                 f"got {tuple(w.shape)}"
             )
         self._w.copy_(torch.maximum(torch.minimum(w, self._dev.w_max), self._dev.w_min))
+        self.algorithm.set_weights()
 
     def get_weights(self) -> torch.Tensor:
         """A copy of the weights, (out, in) float32."""
@@ -93,8 +96,13 @@ class AnalogTile:
 
     def device_state(self) -> dict[str, torch.Tensor]:
         """Per-device parameters, each (out, in): ``dw_up``, ``dw_down``, ``w_max``, ``w_min``,
-        the model's own (e.g. ``slope_up``) and ``w_sym``, the symmetry point (NaN where none)."""
-        return self._dev.as_dict()
+        the model's own (e.g. ``slope_up``) and ``w_sym``, the symmetry point (NaN where none).
+
+        With an algorithm other than ``sgd`` also its arrays (copies, each (out, in)): ``A``,
+        ``C`` and the fast array's devices (``A.dw_up``, ...) for the Tiki-Taka family, ``H``
+        (the buffer) from ``ttv2`` on, ``chi`` for ``mixed_precision``; the devices above are
+        then those of ``C`` (the array the weights are programmed into)."""
+        return {**self._dev.as_dict(), **self.algorithm.arrays()}
 
     def read_parts(self, direction: str) -> tuple[torch.Tensor, Any, torch.Generator]:
         """What a read in ``direction`` ("forward" or "backward") uses: the weights (not a copy),
@@ -125,29 +133,29 @@ class AnalogTile:
 
         x: (K, in), d: (K, out). With ``update.mode: pulsed`` each pair becomes stochastic pulse
         trains whose coincidences step the devices (in expectation the SGD step); with ``float``
-        the step is exact (then clipped to the device bounds).
+        the step is exact (then clipped to the device bounds). ``rpu.algorithm`` other than
+        ``sgd`` (``tile.algorithm``) writes the pairs its own way (``docs/model.md`` section 8).
         """
         x2 = self._as_batch(x, self.in_size, "update x")
         d2 = self._as_batch(d, self.out_size, "update d")
         if x2.shape[0] != d2.shape[0]:
             raise ValueError(f"update: x has {x2.shape[0]} rows but d has {d2.shape[0]}")
-        if self.cfg.update.mode == "float":
-            self._w.sub_(lr * (d2.t() @ x2))
-            torch.maximum(torch.minimum(self._w, self._dev.w_max), self._dev.w_min, out=self._w)
-            return
         if self.cfg.update.pair_order == "reverse":
             x2, d2 = x2.flip(0), d2.flip(0)
+        self.algorithm.update(x2, d2, float(lr))
+
+    def next_update_key(self) -> int:
+        """The key of the next pulsed update of the gradient (one per call, in order)."""
         key = _stream_seed(self.seed, _STREAM_UPDATE, self._update_count)
         self._update_count += 1
-        pulses.pulsed_update(
-            self._w, x2, d2, float(lr), self._dev, self.cfg.update, self.cfg.device.dw_min, key
-        )
+        return key
 
     # -- checkpoints -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-identically: weights, devices, random streams."""
-        return {
+        """Everything needed to continue bit-identically: weights, devices, random streams, and
+        (``rpu.algorithm`` other than ``sgd``) the algorithm's arrays, buffers and streams."""
+        state = {
             "shape": [self.out_size, self.in_size],
             "seed": self.seed,
             "weights": self._w.cpu().clone(),
@@ -156,6 +164,9 @@ class AnalogTile:
             "gen_backward": self._gen_backward.get_state(),
             "update_count": self._update_count,
         }
+        if self.cfg.algorithm != "sgd":
+            state["algorithm"] = {"name": self.cfg.algorithm, **self.algorithm.state_dict()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["shape"]) != [self.out_size, self.in_size]:
@@ -171,6 +182,13 @@ class AnalogTile:
         self._gen_forward.set_state(state["gen_forward"])
         self._gen_backward.set_state(state["gen_backward"])
         self._update_count = int(state["update_count"])
+        algo = state.get("algorithm", {"name": "sgd"})
+        if algo["name"] != self.cfg.algorithm:
+            raise ValueError(
+                f"tile state: written by algorithm {algo['name']}, but this tile uses "
+                f"{self.cfg.algorithm}"
+            )
+        self.algorithm.load_state_dict(algo)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -183,7 +201,8 @@ class AnalogTile:
         return v
 
     def __repr__(self) -> str:
+        algo = "" if self.cfg.algorithm == "sgd" else f", algorithm={self.cfg.algorithm}"
         return (
             f"AnalogTile({self.out_size}, {self.in_size}, device={self.cfg.device.kind}, "
-            f"update={self.cfg.update.mode}, seed={self.seed})"
+            f"update={self.cfg.update.mode}{algo}, seed={self.seed})"
         )
