@@ -16,6 +16,11 @@ the same ``K``, ``out`` and ``in``. Run::
 ``--small`` times the update of one training step at batch 1 (the paper's setting): ``K = 100``
 pairs on the same tile, where per-call setup (``pulse_scales``, array conversions, numba
 dispatch) weighs more than at ``K = 3200``; it reports microseconds per call.
+
+``--devices`` adds a row per device model (``rpusim.bench.DEVICE_ROWS``: every model with the RPU
+baseline's ``dw_min`` and bounds, so that each sees the same coincidences), timed in the same
+rounds, with its ratio to the constant-step device: the cost of applying coincidences one at a
+time through a ``w``-dependent response.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import time
 
 import torch
 
-from rpusim.config import DeviceConfig, UpdateConfig
+from rpusim.bench import DEVICE_ROWS
+from rpusim.config import DeviceConfig, RPUConfig, UpdateConfig
 from rpusim.devices import sample_devices
 from rpusim.update import pulsed_update
 
@@ -99,11 +105,43 @@ def main(quick: bool = False, n_pairs: int = N_PAIRS) -> dict:
     }
 
 
+def devices(quick: bool = False, n_pairs: int = N_PAIRS) -> dict[str, float]:
+    """Median seconds per update call of each device row, timed round by round (every model
+    once per round, so that load hits all alike)."""
+    gen = torch.Generator().manual_seed(0)
+    x, d = lstm_update_inputs(gen, n_pairs)
+    n_out, n_in = d.shape[1], x.shape[1]
+    cfg = UpdateConfig(bl=BL, update_management=True)
+    tiles = {}
+    for name, overrides in DEVICE_ROWS.items():
+        dev_cfg = RPUConfig().override(overrides).device
+        dev = sample_devices(dev_cfg, n_out, n_in, torch.Generator().manual_seed(1))
+        w = (0.1 * torch.randn(n_out, n_in, generator=gen)).clamp(-0.5, 0.5)
+        tiles[name] = (w, dev, dev_cfg.dw_min)
+    repeats = 5 if quick else 15
+    if n_pairs < N_PAIRS:
+        repeats *= 10
+    times: dict[str, list[float]] = {name: [] for name in tiles}
+    for r in range(repeats + 2):
+        for name, (w, dev, dw_min) in tiles.items():
+            start = time.perf_counter()
+            pulsed_update(w, x, d, LR, dev, cfg, dw_min, key=2000 + r, backend="numba")
+            if r >= 2:  # the first two: compile or load, caches
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--small", action="store_true", help="K = 100 pairs (batch 1), in us")
+    parser.add_argument("--devices", action="store_true", help="a row per device model")
     args = parser.parse_args()
+    if args.devices:
+        per_model = devices(args.quick, n_pairs=100 if args.small else N_PAIRS)
+        base = per_model["constant_step"]
+        for name, seconds in per_model.items():
+            print(f"{name:>15}: {seconds * 1e6:10.1f} us per call  {seconds / base:5.2f}x constant")
     res = main(args.quick, n_pairs=100 if args.small else N_PAIRS)
     print(
         f"pulsed update  {res['pairs']} pairs on {res['shape'][0]}x{res['shape'][1]}, "

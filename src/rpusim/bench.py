@@ -32,6 +32,23 @@ import torch
 VOCAB = 87
 SEQ_LEN = 100
 
+#: A row per device model: overrides of the RPU baseline's device, with its ``dw_min`` and
+#: bounds for all, so that every model sees the same pulses and coincidences and a row's ratio
+#: to ``rpusim-rpu`` is the cost of its response (``benchmarks/bench_update.py --devices``
+#: times the update alone).
+DEVICE_ROWS: dict[str, dict] = {
+    "constant_step": {},
+    "linear_step": {"device.kind": "linear_step", "device.gamma_up": 0.1, "device.gamma_down": 0.5},
+    "soft_bounds": {"device.kind": "soft_bounds"},
+    "exp_step": {"device.kind": "exp_step"},
+    "pow_step": {"device.kind": "pow_step"},
+    "piecewise_step": {
+        "device.kind": "piecewise_step",
+        "device.piecewise_up": [1.2, 1.0, 0.6],
+        "device.piecewise_down": [0.5, 1.0, 1.3],
+    },
+}
+
 
 def _rate(
     step: Callable[[], None], chars_per_step: int, seconds: float, device: str = "cpu"
@@ -81,13 +98,21 @@ def torch_step(
 
 
 def rpusim_step(
-    hidden: int, layers: int, batch: int, preset: str, lr: float = 1.0, device: str = "cpu"
+    hidden: int,
+    layers: int,
+    batch: int,
+    preset: str,
+    lr: float = 1.0,
+    device: str = "cpu",
+    overrides: dict | None = None,
 ) -> Callable[[], None]:
-    """One training step of rpusim's CharLSTM with every tile on ``preset``."""
+    """One training step of rpusim's CharLSTM with every tile on ``preset`` (with
+    ``overrides``, dotted keys of the tile config)."""
     from rpusim.config import RPUConfig
     from rpusim.model import CharLSTM
 
-    model = CharLSTM(VOCAB, hidden, layers, RPUConfig.preset(preset), seed=0, device=device)
+    cfg = RPUConfig.preset(preset).override(overrides or {})
+    model = CharLSTM(VOCAB, hidden, layers, cfg, seed=0, device=device)
     inputs, targets = _data(batch)
     state = model.init_state(batch)
 
@@ -128,12 +153,14 @@ def run(
     rounds: int = 7,
     log: Callable[[str], None] = print,
     device: str = "cpu",
+    devices: bool = False,
 ) -> dict:
     """Measure every row; returns ``{"machine": {...}, "rows": [...]}``.
 
     The three implementations of one shape are timed back to back in each of ``rounds`` rounds
     (after one warm-up step each); a row reports the median rate and the median of the per-round
     ratios to torch, so that a change of load on a shared machine hits both sides of a ratio.
+    ``devices``: also a row per device model (:data:`DEVICE_ROWS`, ``rpu:<kind>``).
     """
     hiddens = (128,) if quick else (64, 128, 256)
     rows = []
@@ -145,6 +172,12 @@ def run(
                 "rpusim-fp": rpusim_step(hidden, 2, batch, "ideal", device=device),
                 "rpusim-rpu": rpusim_step(hidden, 2, batch, "rpu_baseline", device=device),
             }
+            if devices:  # the RPU baseline on each other device model
+                for kind, overrides in DEVICE_ROWS.items():
+                    if overrides:
+                        steps[f"rpu:{kind}"] = rpusim_step(
+                            hidden, 2, batch, "rpu_baseline", device=device, overrides=overrides
+                        )
             for step in steps.values():
                 step()  # warm-up: numba compilation, allocator
             rates: dict[str, list[float]] = {impl: [] for impl in steps}
@@ -166,7 +199,7 @@ def run(
                 }
                 rows.append(row)
                 log(
-                    f"{impl:>11}  2x{hidden:<4} batch {batch:>2}  {rate:>10,.0f} chars/s  "
+                    f"{impl:>19}  2x{hidden:<4} batch {batch:>2}  {rate:>10,.0f} chars/s  "
                     f"{ratio:6.3f}x torch"
                 )
     return {"machine": machine(device), "rows": rows}
@@ -186,13 +219,18 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(quick: bool = False, json_path: str | Path | None = None, device: str = "cpu") -> dict:
+def main(
+    quick: bool = False,
+    json_path: str | Path | None = None,
+    device: str = "cpu",
+    devices: bool = False,
+) -> dict:
     from rpusim.train import device_problem
 
     problem = device_problem(device, "device='cpu'")
     if problem is not None:
         raise ValueError(f"device {problem}")
-    result = run(quick=quick, seconds=2.5 if quick else 5.0, device=device)
+    result = run(quick=quick, seconds=2.5 if quick else 5.0, device=device, devices=devices)
     print()
     print(markdown_table(result))
     if json_path is not None:

@@ -536,6 +536,11 @@ def _add_bench(sub) -> None:
         metavar="DEV",
         help="cpu or cuda[:N]: where all three implementations run",
     )
+    p.add_argument(
+        "--devices",
+        action="store_true",
+        help="also a row per device model (rpu:<kind>: the RPU baseline on that model)",
+    )
     _add_threads(p)
     p.set_defaults(func=_bench)
 
@@ -548,7 +553,7 @@ def _bench(args: argparse.Namespace) -> int:
     if problem is not None:
         return _fail(f"--device {problem}")
     _set_threads(args.threads)
-    bench.main(quick=args.quick, json_path=args.json, device=args.device)
+    bench.main(quick=args.quick, json_path=args.json, device=args.device, devices=args.devices)
     return EXIT_OK
 
 
