@@ -26,6 +26,8 @@ the reference's order (``(std * sqrt(n)) * z``, ``n + .``, ``dw * .``, ``w + s *
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from functools import cache
 from types import FunctionType
 
@@ -36,7 +38,7 @@ from numba import njit, prange
 
 from rpusim import rng
 from rpusim.config import UpdateConfig
-from rpusim.devices import MODELS, DeviceArrays
+from rpusim.devices import MODELS, DeviceArrays, ops
 from rpusim.devices.ops import NUMBA, bind
 from rpusim.update.plan import check_args, pulse_scales, sqrt_counts
 
@@ -251,15 +253,26 @@ def kernels(kind: str):
     compiles a call to a global function: inlined into the device loop.
 
     Each compiled function is published as an attribute of this module under a name of its own
-    (``response_linear_step_step``, ``apply_pass_linear_step``, ...), which is the name numba's
-    on-disk cache stores it by: the next process loads it instead of compiling it again.
+    (``apply_pass_linear_step_<hash>``, ...), which is the name numba's on-disk cache stores it
+    by: the next process loads it instead of compiling it again. The name carries a hash of the
+    model's response source (and of the ops), because numba checks only this file's timestamp
+    for the kernels: an edited device model then compiles anew instead of running the old one.
     """
     model = MODELS[kind]
-    step_fn = njit_as(f"response_{kind}_step", bind(model.step, NUMBA))
     step_n_py = bind(model.step_n, NUMBA) if model.FOLDS else _unused_step_n
-    step_n_fn = njit_as(f"response_{kind}_step_n", step_n_py)
-    block = njit_as(f"apply_block_{kind}", _apply_block, step=step_fn, step_n=step_n_fn)
-    return njit_as(f"apply_pass_{kind}", _apply_pass, parallel=True, apply_block=block)
+    tag = f"{kind}_{_source_hash(model.step, step_n_py, ops)}"
+    step_fn = njit_as(f"response_{tag}_step", bind(model.step, NUMBA))
+    step_n_fn = njit_as(f"response_{tag}_step_n", step_n_py)
+    block = njit_as(f"apply_block_{tag}", _apply_block, step=step_fn, step_n=step_n_fn)
+    return njit_as(f"apply_pass_{tag}", _apply_pass, parallel=True, apply_block=block)
+
+
+def _source_hash(*objects) -> str:
+    """Eight hex digits of the source code of ``objects`` (functions or modules)."""
+    digest = hashlib.sha256()
+    for obj in objects:
+        digest.update(inspect.getsource(obj).encode())
+    return digest.hexdigest()[:8]
 
 
 def njit_as(name: str, fn, parallel: bool = False, **bound):
