@@ -116,8 +116,8 @@ class MappingConfig(_Section):
         0.8,
         gt=0,
         le=1,
-        description="fraction of the device range (min of w_max, -w_min) the initial largest abs(w) "
-        "maps to",
+        description="fraction of the device range (min of w_max, -w_min) the initial "
+        "largest abs(w) maps to",
     )
 
 
