@@ -6,12 +6,14 @@ batch 1 and 32 (sequences of 100, a vocabulary of 87 one-hot bytes like War and 
 - ``torch``: ``nn.LSTM`` + ``nn.Linear`` trained with SGD (the floor);
 - ``rpusim-fp``: rpusim's floating-point twin (the ``ideal`` tile preset);
 - ``rpusim-rpu``: the RPU baseline (full periphery both ways, pulsed update, BL 10);
+- ``rpusim-nn-rpu``: the same tiles through ``rpusim.nn`` (``AnalogLSTM`` + ``AnalogLinear``,
+  autograd, ``rpusim.optim.AnalogSGD``): what a torch user of the analog layers pays;
 
 and reports characters per second (forward + backward + update of one sequence batch, median of
 interleaved rounds after a warm-up) and the ratio to torch of the same shape. Ratios, not
 seconds, are the result: the machines are shared and noisy, and both sides see the same noise.
 
-``--device cuda`` runs all three on the GPU (torch's ``nn.LSTM`` then uses cuDNN; rpusim's
+``--device cuda`` runs all of them on the GPU (torch's ``nn.LSTM`` then uses cuDNN; rpusim's
 tiles use the Triton twins where triton is installed, else the torch references); each timed
 step ends with ``torch.cuda.synchronize()``.
 """
@@ -123,6 +125,34 @@ def rpusim_step(
     return step
 
 
+def nn_step(
+    hidden: int, layers: int, batch: int, preset: str, lr: float = 1.0, device: str = "cpu"
+) -> Callable[[], None]:
+    """One training step of ``rpusim.nn.AnalogLSTM`` + ``AnalogLinear`` with ``AnalogSGD``
+    (autograd through the tiles' backward reads; the CharLSTM's tiles and seeds)."""
+    from rpusim.config import RPUConfig
+    from rpusim.nn import char_lstm_modules
+    from rpusim.optim import AnalogSGD
+
+    lstm, head = char_lstm_modules(VOCAB, hidden, layers, RPUConfig.preset(preset), seed=0)
+    lstm, head = lstm.to(device), head.to(device)
+    opt = AnalogSGD([*lstm.parameters(), *head.parameters()], lr=lr)
+    inputs, targets = (t.to(device) for t in _data(batch))
+    x = torch.nn.functional.one_hot(inputs, VOCAB).float()
+    state = None
+
+    def step() -> None:
+        nonlocal state
+        opt.zero_grad()
+        out, (h, c) = lstm(x, state)
+        loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, VOCAB), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        state = (h.detach(), c.detach())
+
+    return step
+
+
 def machine(device: str = "cpu") -> dict:
     """What the numbers were measured on."""
     import numba
@@ -157,7 +187,7 @@ def run(
 ) -> dict:
     """Measure every row; returns ``{"machine": {...}, "rows": [...]}``.
 
-    The three implementations of one shape are timed back to back in each of ``rounds`` rounds
+    The implementations of one shape are timed back to back in each of ``rounds`` rounds
     (after one warm-up step each); a row reports the median rate and the median of the per-round
     ratios to torch, so that a change of load on a shared machine hits both sides of a ratio.
     ``devices``: also a row per device model (:data:`DEVICE_ROWS`, ``rpu:<kind>``).
@@ -171,6 +201,7 @@ def run(
                 "torch": torch_step(hidden, 2, batch, device=device),
                 "rpusim-fp": rpusim_step(hidden, 2, batch, "ideal", device=device),
                 "rpusim-rpu": rpusim_step(hidden, 2, batch, "rpu_baseline", device=device),
+                "rpusim-nn-rpu": nn_step(hidden, 2, batch, "rpu_baseline", device=device),
             }
             if devices:  # the RPU baseline on each other device model
                 for kind, overrides in DEVICE_ROWS.items():

@@ -234,12 +234,35 @@ class MixedPrecisionConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------------
+# Mapping of a layer's weights onto the devices
+# ---------------------------------------------------------------------------------------------
+
+
+class MappingConfig(_Section):
+    """How a layer's weights map onto the device range (``docs/model.md``, weight scaling)."""
+
+    weight_scaling: Literal["none", "tile", "column"] = Field(
+        "none",
+        description="digital output scale fixed when a layer's weights are first programmed: "
+        "none (weights are conductances), one per tile, or one per output column",
+    )
+    weight_scaling_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="fraction of the device range (min of w_max, -w_min) the initial "
+        "largest abs(w) maps to",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The tile's configuration
 # ---------------------------------------------------------------------------------------------
 
 
 class RPUConfig(_Section):
-    """Configuration of one analog tile: ``device``, ``forward``, ``backward``, ``update``.
+    """Configuration of one analog tile: ``device``, ``forward``, ``backward``, ``update``,
+    ``mapping``.
 
     >>> cfg = RPUConfig.preset("rpu_baseline").override({"device.up_down": 0.02})
     """
@@ -257,6 +280,7 @@ class RPUConfig(_Section):
     agad: AGADConfig = AGADConfig()
     mixed_precision: MixedPrecisionConfig = MixedPrecisionConfig()
     transfer_forward: TransferIOConfig = TransferIOConfig()
+    mapping: MappingConfig = MappingConfig()
 
     @model_validator(mode="after")
     def _algorithm_is_pulsed(self) -> RPUConfig:

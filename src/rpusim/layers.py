@@ -243,9 +243,13 @@ class AnalogLSTMLayer:
         rpu_cfg: RPUConfig | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        bias: bool = True,
     ) -> None:
         _check_seed(seed, "AnalogLSTMLayer")
         self.n_in, self.hidden = n_in, hidden
+        #: ``False``: the bias column is driven by 0 instead of 1 (never read, never updated;
+        #: the tile keeps its ``n_in + h + 1`` columns, the layout of the compiled loop).
+        self.bias = bool(bias)
         self.device = torch.device(device)
         self.tile = AnalogTile(
             4 * hidden,
@@ -255,7 +259,10 @@ class AnalogLSTMLayer:
             device=self.device,
         )
         bound = 1.0 / math.sqrt(hidden)
-        self.tile.set_weights(_init_uniform(4 * hidden, n_in + hidden + 1, bound, seed))
+        w0 = _init_uniform(4 * hidden, n_in + hidden + 1, bound, seed)
+        if not self.bias:
+            w0[:, -1] = 0.0
+        self.tile.set_weights(w0)
         #: ``"auto"``, ``"numba"`` or ``"torch"``: see :data:`CELL_BACKENDS`.
         self.cell_backend = "auto"
         #: With the numba cell: run each time loop as one compiled call per step (the read's
@@ -264,6 +271,14 @@ class AnalogLSTMLayer:
         self.fused = True
         self._cache: tuple[torch.Tensor, ...] | None = None
         self._pairs = _Recorder()
+        #: ``(dloss/dh_0, dloss/dc_0)`` (each (B, h)) of the last :meth:`backward_sequence`:
+        #: the gradient reaching the initial state (the hidden part of the first backward read).
+        self.grad_state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _fused(self) -> bool:
+        """The compiled time loop applies: the numba cell, ``fused`` on and no digital output
+        scale (``mapping.weight_scaling``; the loop reads the array itself)."""
+        return self._use_numba() and self.fused and self.tile.out_scale is None
 
     def _use_numba(self) -> bool:
         if self.cell_backend not in CELL_BACKENDS:
@@ -294,14 +309,14 @@ class AnalogLSTMLayer:
         Z = torch.empty(T + 1, B, n + h + 1, **opts)
         Z[:T, :, :n] = x
         Z[0, :, n : n + h] = h0
-        Z[:, :, n + h] = 1.0
+        Z[:, :, n + h] = 1.0 if self.bias else 0.0
         G = torch.empty(T, B, 4 * h, **opts)  # activations i, f, g, o
         C = torch.empty(T + 1, B, h, **opts)  # C[t] = c_{t-1}
         C[0] = c0
         TC = torch.empty(T, B, h, **opts)  # tanh(c_t)
         H = Z[1:, :, n : n + h]  # h_t, a view
         tile = self.tile
-        if self._use_numba() and self.fused:
+        if self._fused():
             # The same loop as below, one compiled call per step (rpusim.lstm_loop).
             lstm_loop.forward_sequence(*tile.read_parts("forward"), Z, G, C, TC)
         elif self._use_numba():
@@ -368,13 +383,14 @@ class AnalogLSTMLayer:
             dc.copy_(grad_cT)
         dA = torch.empty_like(G)  # da_t, the update's delta side
         tile = self.tile
-        if self._use_numba() and self.fused:
+        if self._fused():
             # The same loop as below, one compiled call per step (rpusim.lstm_loop);
             # DZ[t] = W^T da_t, DZ[T] = the read of the virtual step T + 1.
             DZ = torch.empty(T + 1, B, n + h + 1, **opts)
             DZ[T] = dz
             lstm_loop.backward_sequence(*tile.read_parts("backward"), grad_hs, G, C, TC, dc, dA, DZ)
             self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
+            self.grad_state = (DZ[0, :, n : n + h], dc)
             return DZ[:T, :, :n]
         dAs = dA.unbind(0)
         dZ: list[torch.Tensor] = [dz] * T
@@ -411,7 +427,9 @@ class AnalogLSTMLayer:
                 dc_next = dc * gfs[t]
                 dz = tile.backward(dAs[t])  # (B, n + h + 1) = W^T da_t: the one backward read
                 dZ[t] = dz
+            dc = dc_next
         self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
+        self.grad_state = (dz[:, n : n + h], dc)
         return torch.stack(dZ)[:, :, :n]
 
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,6 +487,7 @@ class AnalogLSTM:
         dropout: float = 0.0,
         device: torch.device | str = "cpu",
         dropout_top: bool = False,
+        bias: bool = True,
     ) -> None:
         _check_seed(seed, "AnalogLSTM")
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
@@ -485,6 +504,7 @@ class AnalogLSTM:
                 rpu_cfg,
                 seed=child_seed(seed, _STREAM_LAYER, k),
                 device=self.device,
+                bias=bias,
             )
             for k in range(layers)
         ]

@@ -7,6 +7,7 @@ backward periphery, and the update pulses. It knows nothing about layers or trai
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,15 @@ def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+def _refuse_grad(v: Any, what: str) -> None:
+    if torch.is_grad_enabled() and torch.is_tensor(v) and v.requires_grad:
+        raise RuntimeError(
+            f"AnalogTile.{what}: the input requires grad, but a tile read is not differentiable "
+            "(its gradient would be wrong); use rpusim.nn (AnalogLinear, AnalogConv2d, "
+            "AnalogLSTM), whose backward is the tile's backward read, or pass x.detach()"
+        )
+
+
 class AnalogTile:
     """A crossbar of ``out_size x in_size`` resistive devices and its periphery.
 
@@ -46,6 +56,14 @@ class AnalogTile:
     >>> tile.update(torch.ones(5, 3), torch.ones(5, 4), lr=0.01)   # K = 5 rank-1 updates
 
     The same seed gives bit-identical results; all randomness comes from generators it fixes.
+
+    Leading dimensions are kept: ``(..., in) -> (..., out)``, flattened row-major into reads.
+    The tile is not differentiable: an input that requires grad is refused (``rpusim.nn``'s
+    layers take the gradient through the backward read). With ``mapping.weight_scaling`` the
+    tile holds a fixed digital output scale ``s`` (one per tile or per output): the weights a
+    layer sees are ``s * W`` (``get_weights`` / ``set_weights``), the forward read's output is
+    multiplied by ``s`` after the ADC, the backward read's input ``d`` by ``s`` before the DAC, and
+    the update's ``d`` is divided by ``s`` (see ``docs/model.md``).
     """
 
     def __init__(
@@ -76,23 +94,61 @@ class AnalogTile:
         self._update_count = 0
         #: How the tile learns (``rpu.algorithm``); owns any further arrays (rpusim.algorithms).
         self.algorithm = make_algorithm(self)
+        #: The digital output scale (out,) of ``mapping.weight_scaling``; ``None``: none.
+        self._out_scale: torch.Tensor | None = None
+        self._warned_float64 = False
 
     # -- weights ---------------------------------------------------------------------------------
 
-    def set_weights(self, weights: torch.Tensor) -> None:
-        """Program ``weights`` (out, in); each value is clipped to its device's bounds."""
+    def set_weights(self, weights: torch.Tensor, remap: bool = False) -> int:
+        """Program ``weights`` (out, in); each value is clipped to its device's bounds.
+
+        With ``mapping.weight_scaling`` (``tile`` or ``column``) the values are divided by the
+        digital output scale first; ``remap=True`` (or the first call) fixes that scale from
+        these weights: their largest ``|w|`` (of the tile, or of each output) maps to
+        ``mapping.weight_scaling_fraction`` of the device range ``min(w_max, -w_min)``.
+        Returns how many values were clipped.
+        """
         w = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
         if w.shape != (self.out_size, self.in_size):
             raise ValueError(
                 f"set_weights: expected shape ({self.out_size}, {self.in_size}), "
                 f"got {tuple(w.shape)}"
             )
-        self._w.copy_(torch.maximum(torch.minimum(w, self._dev.w_max), self._dev.w_min))
+        if remap or (self._out_scale is None and self.cfg.mapping.weight_scaling != "none"):
+            self._out_scale = self._mapping_scale(w)
+        if self._out_scale is not None:
+            w = w / self._out_scale.unsqueeze(1)
+        clipped = torch.maximum(torch.minimum(w, self._dev.w_max), self._dev.w_min)
+        self._w.copy_(clipped)
         self.algorithm.set_weights()
+        return int((clipped != w).sum())
 
     def get_weights(self) -> torch.Tensor:
-        """A copy of the weights, (out, in) float32."""
+        """A copy of the weights, (out, in) float32 (times the output scale, if any)."""
+        if self._out_scale is not None:
+            return self._w * self._out_scale.unsqueeze(1)
         return self._w.clone()
+
+    @property
+    def out_scale(self) -> torch.Tensor | None:
+        """The digital output scale (out,) of ``mapping.weight_scaling``, or ``None``."""
+        return None if self._out_scale is None else self._out_scale.clone()
+
+    def _mapping_scale(self, w: torch.Tensor) -> torch.Tensor | None:
+        """The output scale that maps ``w``'s range onto the devices' (``None``: no mapping,
+        or devices without bounds)."""
+        mapping, dev = self.cfg.mapping, self.cfg.device
+        w_max, w_min = getattr(dev, "w_max", None), getattr(dev, "w_min", None)
+        if mapping.weight_scaling == "none" or w_max is None or w_min is None:
+            return None
+        target = mapping.weight_scaling_fraction * min(float(w_max), -float(w_min))
+        if mapping.weight_scaling == "tile":
+            peak = w.abs().amax().expand(self.out_size)
+        else:
+            peak = w.abs().amax(dim=1)
+        scale = peak / target
+        return torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
 
     def device_state(self) -> dict[str, torch.Tensor]:
         """Per-device parameters, each (out, in): ``dw_up``, ``dw_down``, ``w_max``, ``w_min``,
@@ -117,16 +173,22 @@ class AnalogTile:
     # -- the three cycles ------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``y = W x`` through the forward periphery. x: (batch, in) or (in,)."""
-        x2 = self._as_batch(x, self.in_size, "forward")
+        """``y = W x`` through the forward periphery. x: (..., in) -> y: (..., out)."""
+        _refuse_grad(x, "forward")
+        x2, lead = self._rows(x, self.in_size, "forward")
         y = analog_mvm(self._w, x2, self.cfg.forward, self._gen_forward)
-        return y if x.dim() == 2 else y[0]
+        if self._out_scale is not None:
+            y = y * self._out_scale
+        return y.reshape(*lead, self.out_size)
 
     def backward(self, d: torch.Tensor) -> torch.Tensor:
-        """``z = W^T d`` through the backward periphery. d: (batch, out) or (out,)."""
-        d2 = self._as_batch(d, self.out_size, "backward")
+        """``z = W^T d`` through the backward periphery. d: (..., out) -> z: (..., in)."""
+        _refuse_grad(d, "backward")
+        d2, lead = self._rows(d, self.out_size, "backward")
+        if self._out_scale is not None:
+            d2 = d2 * self._out_scale
         z = analog_mvm(self._w, d2, self.cfg.backward, self._gen_backward, transposed=True)
-        return z if d.dim() == 2 else z[0]
+        return z.reshape(*lead, self.in_size)
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """Apply the K rank-1 updates ``W <- W - lr * d_k x_k^T`` in order k = 0..K-1.
@@ -140,6 +202,8 @@ class AnalogTile:
         d2 = self._as_batch(d, self.out_size, "update d")
         if x2.shape[0] != d2.shape[0]:
             raise ValueError(f"update: x has {x2.shape[0]} rows but d has {d2.shape[0]}")
+        if self._out_scale is not None:
+            d2 = d2 / self._out_scale
         if self.cfg.update.pair_order == "reverse":
             x2, d2 = x2.flip(0), d2.flip(0)
         self.algorithm.update(x2, d2, float(lr))
@@ -166,6 +230,8 @@ class AnalogTile:
         }
         if self.cfg.algorithm != "sgd":
             state["algorithm"] = {"name": self.cfg.algorithm, **self.algorithm.state_dict()}
+        if self._out_scale is not None:
+            state["out_scale"] = self._out_scale.cpu().clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -189,10 +255,33 @@ class AnalogTile:
                 f"{self.cfg.algorithm}"
             )
         self.algorithm.load_state_dict(algo)
+        scale = state.get("out_scale")
+        self._out_scale = None if scale is None else scale.to(self.device, torch.float32).clone()
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _rows(self, v: torch.Tensor, size: int, what: str) -> tuple[torch.Tensor, tuple]:
+        """``v`` (..., size) as rows (N, size) float32, and its leading shape."""
+        if torch.is_tensor(v) and v.dim() >= 1 and v.shape[-1] == size:
+            lead = tuple(v.shape[:-1])
+            if v.dim() != 2:
+                v = v.reshape(-1, size)
+            return self._as_batch(v, size, what), lead
+        if torch.is_tensor(v):
+            raise ValueError(f"{what}: expected shape (..., {size}), got {tuple(v.shape)}")
+        v2 = self._as_batch(v, size, what)
+        return v2, (v2.shape[0],)
+
     def _as_batch(self, v: torch.Tensor, size: int, what: str) -> torch.Tensor:
+        if torch.is_tensor(v):
+            if v.dtype == torch.float64 and not self._warned_float64:
+                self._warned_float64 = True
+                warnings.warn(
+                    f"AnalogTile.{what.split()[0]}: float64 input cast to float32 (the tile "
+                    "computes in float32; this warning is shown once per tile)",
+                    stacklevel=3,
+                )
+            v = v.detach()
         v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
         if v.dim() == 1:
             v = v.unsqueeze(0)
@@ -202,7 +291,9 @@ class AnalogTile:
 
     def __repr__(self) -> str:
         algo = "" if self.cfg.algorithm == "sgd" else f", algorithm={self.cfg.algorithm}"
+        scaling = self.cfg.mapping.weight_scaling
         return (
             f"AnalogTile({self.out_size}, {self.in_size}, device={self.cfg.device.kind}, "
-            f"update={self.cfg.update.mode}{algo}, seed={self.seed})"
+            f"update={self.cfg.update.mode}{algo}, seed={self.seed}"
+            + (f", weight_scaling={scaling})" if scaling != "none" else ")")
         )
