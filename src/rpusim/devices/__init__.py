@@ -20,7 +20,7 @@ kernels loop over coincidences and call the model.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import torch
 from pydantic import Discriminator, Tag
@@ -47,14 +47,10 @@ def _kind_of(value: Any) -> str:
     return getattr(value, "kind", constant_step.KIND)
 
 
-#: The config of any device model, told apart by ``kind`` (default ``constant_step``).
+#: The config of any device model, told apart by ``kind`` (default ``constant_step``): the union of
+#: every registered model's ``Config``, built from :data:`MODELS`.
 AnyDeviceConfig = Annotated[
-    Annotated[constant_step.Config, Tag("constant_step")]
-    | Annotated[linear_step.Config, Tag("linear_step")]
-    | Annotated[soft_bounds.Config, Tag("soft_bounds")]
-    | Annotated[exp_step.Config, Tag("exp_step")]
-    | Annotated[pow_step.Config, Tag("pow_step")]
-    | Annotated[piecewise_step.Config, Tag("piecewise_step")],
+    Union[tuple(Annotated[m.Config, Tag(kind)] for kind, m in MODELS.items())],  # noqa: UP007
     Discriminator(_kind_of),
 ]
 
