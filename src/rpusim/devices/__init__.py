@@ -13,32 +13,36 @@ A device model is one module of this package with:
 * ``FOLDS``: whether ``n`` coincidences of one pair fold into one step (then ``step_n``);
 * ``symmetry_point(dev)``: where an up and a down step are equal.
 
-Adding a device is one new module and one line in :data:`MODELS`; the update's reference and
+Adding a device is one new module and one line in :data:`REGISTRY`; the update's reference and
 kernels loop over coincidences and call the model.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from types import ModuleType
 from typing import Annotated, Any, Union
 
 import torch
 from pydantic import Discriminator, Tag
 
-from rpusim.devices import (
-    constant_step,
-    exp_step,
-    linear_step,
-    piecewise_step,
-    pow_step,
-    soft_bounds,
-)
 from rpusim.devices.base import DeviceArrays, PulsedDeviceConfig
+
+#: The device models: one line per module of this package (the first is the default).
+REGISTRY = (
+    "constant_step",
+    "linear_step",
+    "soft_bounds",
+    "exp_step",
+    "pow_step",
+    "piecewise_step",
+)
 
 #: Device models by ``device.kind``.
 MODELS: dict[str, ModuleType] = {
-    m.KIND: m for m in (constant_step, linear_step, soft_bounds, exp_step, pow_step, piecewise_step)
+    m.KIND: m for m in (import_module(f"rpusim.devices.{name}") for name in REGISTRY)
 }
+constant_step = MODELS["constant_step"]
 
 
 def _kind_of(value: Any) -> str:
