@@ -593,3 +593,69 @@ def test_checkpoint_round_trip_continues_bit_identically(kind):
     other.update(x.flip(0), d, lr=0.05)
     assert not torch.equal(tile.get_weights(), w_before)
     assert torch.equal(tile.get_weights(), other.get_weights())
+
+
+# ------------------------------------------------------------------------------------------------
+# soft_bounds_reference: the symmetry point subtracted
+# ------------------------------------------------------------------------------------------------
+
+REFERENCED = {"kind": "soft_bounds_reference", "up_down": 0.3, "dw_min_dtod": 0.1}
+
+
+def test_reference_moves_each_devices_symmetry_point_to_zero():
+    """With ``subtract_symmetry_point`` the reference is the device's own ``u*``: every device
+    whose reference was not clamped has ``w_sym = 0`` (to float rounding), its bounds shifted
+    by the reference and still straddling zero; without it the device is a soft-bounds device."""
+    dev = draw(REFERENCED, 60, 60, seed=3)
+    st = dev.as_dict()
+    b_max, b_min = st["w_max"] + st["ref"], st["w_min"] + st["ref"]
+    clamped = (st["ref"] >= 0.99 * b_max - 1e-6) | (st["ref"] <= 0.99 * b_min + 1e-6)
+    assert clamped.float().mean() < 0.02
+    assert torch.all(st["w_sym"][~clamped].abs() < 1e-5)
+    assert torch.all(st["w_min"] < 0) and torch.all(st["w_max"] > 0)
+    plain = draw({**REFERENCED, "subtract_symmetry_point": False}, 60, 60, seed=3).as_dict()
+    soft = draw({**REFERENCED, "kind": "soft_bounds"}, 60, 60, seed=3).as_dict()
+    assert torch.all(plain["ref"] == 0)
+    for key in ("dw_up", "dw_down", "w_max", "w_min"):
+        assert torch.equal(plain[key], soft[key])
+    torch.testing.assert_close(plain["w_sym"], soft["w_sym"], equal_nan=True)
+
+
+def test_balanced_pulses_drive_referenced_devices_to_zero():
+    """Alternating up and down coincidences bring a referenced device to ``w = 0`` from either
+    end, where a plain soft-bounds device of the same draw goes to its own, spread ``w_sym``.
+
+    The stationary point is estimated as in the soft-bounds test above: ``(up' E[a] + down'
+    E[b]) / (up' + down')`` with ``a`` the weight before each up step, ``b`` before each down
+    step and the rates ``up' = dw_up / b_max``, ``down' = dw_down / |b_min|`` (steps linear in
+    ``w``). Checked: the mean over devices within Z SE of 0, every device within Z sigma of the
+    devices' spread, and that spread far below the plain devices' spread of ``w_sym``."""
+    n, dw_min = 16, 0.002
+    section = {**REFERENCED, "dw_min": dw_min, "w_max_dtod": 0.2, "w_min_dtod": 0.2}
+    dev = draw(section, n, n, seed=5)
+    st = dev.as_dict()
+    usable = torch.isfinite(st["w_sym"]) & (st["w_sym"].abs() < 1e-5)
+    w = torch.where(torch.rand(n, n, generator=torch.Generator().manual_seed(0)) < 0.5, 0.8, -0.8)
+    w = torch.where(w > 0, w * dev.w_max, -w * dev.w_min).to(torch.float32)
+    cfg = UpdateConfig(bl=1, update_management=False)
+    x, d = torch.tensor([[1.0] * n, [-1.0] * n]), -torch.ones(2, n)
+    burn_in, cycles = 1400, 2000
+    sum_a = torch.zeros(n, n, dtype=torch.float64)
+    sum_b = torch.zeros_like(sum_a)
+    for c in range(burn_in + cycles):
+        if c >= burn_in:
+            sum_a += w.double()
+        pulsed_update(w, x[:1], d[:1], dw_min, dev, cfg, dw_min, key=2 * c, backend="numba")
+        if c >= burn_in:
+            sum_b += w.double()
+        pulsed_update(w, x[1:], d[1:], dw_min, dev, cfg, dw_min, key=2 * c + 1, backend="numba")
+    b_max = st["w_max"].double() + st["ref"].double()
+    b_min = st["w_min"].double() + st["ref"].double()
+    up_rate, down_rate = st["dw_up"].double() / b_max, st["dw_down"].double() / -b_min
+    estimate = (up_rate * sum_a + down_rate * sum_b) / (cycles * (up_rate + down_rate))
+    err = estimate[usable]
+    spread = err.std()
+    assert abs(err.mean()) < Z * spread / math.sqrt(err.numel()), err.mean() / spread
+    assert err.abs().max() < Z * spread
+    plain = draw({**section, "kind": "soft_bounds"}, n, n, seed=5).as_dict()["w_sym"]
+    assert plain[torch.isfinite(plain)].std() > 5 * spread

@@ -36,6 +36,7 @@ REGISTRY = (
     "exp_step",
     "pow_step",
     "piecewise_step",
+    "soft_bounds_reference",
 )
 
 #: Device models by ``device.kind``.
