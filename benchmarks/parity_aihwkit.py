@@ -79,7 +79,7 @@ def run_rpusim(variant: str, rule: str, seed: int, out: Path, args) -> float:
     folder = out / "rpusim" / f"{variant}_{rule}_seed={seed}"
     summary_file = folder / "summary.json"
     if not summary_file.exists():
-        train(cfg, folder, resume=(folder / "checkpoint.pt").exists(), progress=False)
+        train(cfg, folder, resume=True, progress=False)  # a fresh start when there is none
     return float(read_metrics(folder / "metrics.csv")[-1]["valid_loss"])
 
 
