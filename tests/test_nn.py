@@ -142,8 +142,8 @@ def test_lstm_equals_torch_lstm_under_ideal(layers, bias, batch_first, unbatched
 
 def test_input_gradient_is_the_tiles_backward_read():
     lin = AnalogLinear(6, 4, rpu_config=BASELINE, seed=3)
-    twin = AnalogTile(4, 7, BASELINE, seed=child_seed(3, L._STREAM_TILE))
-    twin.set_weights(L._init_uniform(4, 7, 1 / 6**0.5, 3))
+    twin = AnalogTile(4, 7, BASELINE, seed=child_seed(3, L.STREAM_TILE))
+    twin.set_weights(L.init_uniform(4, 7, 1 / 6**0.5, 3))
     assert torch.equal(twin.get_weights(), lin.tile.get_weights())
     x = torch.randn(5, 6, requires_grad=True)
     y = lin(x)

@@ -41,22 +41,23 @@ from rpusim.config import RPUConfig
 from rpusim.tile import AnalogTile, child_seed
 
 # Independent random streams derived from a layer's seed.
-_STREAM_INIT, _STREAM_TILE, _STREAM_LAYER, _STREAM_DROPOUT = range(4)
+STREAM_INIT, STREAM_TILE, STREAM_LAYER, STREAM_DROPOUT = range(4)
 
 
-def _init_uniform(out_size: int, in_size: int, bound: float, seed: int) -> torch.Tensor:
+def init_uniform(out_size: int, in_size: int, bound: float, seed: int) -> torch.Tensor:
     """``U(-bound, bound)`` weights (out, in) from a generator that only ``seed`` fixes.
 
     Drawn independently of the tile's configuration, so an RPU model and its floating-point twin
     built with the same seed start from the same weights (the RPU tile then clips them to its
     devices' bounds when they are programmed).
     """
-    gen = torch.Generator().manual_seed(child_seed(seed, _STREAM_INIT))
+    gen = torch.Generator().manual_seed(child_seed(seed, STREAM_INIT))
     w = torch.empty(out_size, in_size, dtype=torch.float64)
     return w.uniform_(-bound, bound, generator=gen).to(torch.float32)
 
 
-def _check_seed(seed: int, who: str) -> None:
+def check_seed(seed: int, who: str) -> None:
+    """Refuse a seed that is not a non-negative int, naming the layer ``who``."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"{who}: seed must be a non-negative int, got {seed!r}")
 
@@ -119,18 +120,18 @@ class AnalogLinear:
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
-        _check_seed(seed, "AnalogLinear")
+        check_seed(seed, "AnalogLinear")
         self.in_features, self.out_features = in_features, out_features
         self.device = torch.device(device)
         self.tile = AnalogTile(
             out_features,
             in_features + 1,
             rpu_cfg,
-            seed=child_seed(seed, _STREAM_TILE),
+            seed=child_seed(seed, STREAM_TILE),
             device=self.device,
         )
         bound = 1.0 / math.sqrt(in_features)
-        self.tile.set_weights(_init_uniform(out_features, in_features + 1, bound, seed))
+        self.tile.set_weights(init_uniform(out_features, in_features + 1, bound, seed))
         self._z: torch.Tensor | None = None  # [x; 1] of the last forward, (N, in + 1)
         self._pairs = _Recorder()
 
@@ -245,7 +246,7 @@ class AnalogLSTMLayer:
         device: torch.device | str = "cpu",
         bias: bool = True,
     ) -> None:
-        _check_seed(seed, "AnalogLSTMLayer")
+        check_seed(seed, "AnalogLSTMLayer")
         self.n_in, self.hidden = n_in, hidden
         #: ``False``: the bias column is driven by 0 instead of 1 (never read, never updated;
         #: the tile keeps its ``n_in + h + 1`` columns, the layout of the compiled loop).
@@ -255,11 +256,11 @@ class AnalogLSTMLayer:
             4 * hidden,
             n_in + hidden + 1,
             rpu_cfg,
-            seed=child_seed(seed, _STREAM_TILE),
+            seed=child_seed(seed, STREAM_TILE),
             device=self.device,
         )
         bound = 1.0 / math.sqrt(hidden)
-        w0 = _init_uniform(4 * hidden, n_in + hidden + 1, bound, seed)
+        w0 = init_uniform(4 * hidden, n_in + hidden + 1, bound, seed)
         if not self.bias:
             w0[:, -1] = 0.0
         self.tile.set_weights(w0)
@@ -489,7 +490,7 @@ class AnalogLSTM:
         dropout_top: bool = False,
         bias: bool = True,
     ) -> None:
-        _check_seed(seed, "AnalogLSTM")
+        check_seed(seed, "AnalogLSTM")
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ValueError(f"AnalogLSTM: layers must be a positive int, got {layers!r}")
         if not 0.0 <= dropout < 1.0:
@@ -502,13 +503,13 @@ class AnalogLSTM:
                 n_in if k == 0 else hidden,
                 hidden,
                 rpu_cfg,
-                seed=child_seed(seed, _STREAM_LAYER, k),
+                seed=child_seed(seed, STREAM_LAYER, k),
                 device=self.device,
                 bias=bias,
             )
             for k in range(layers)
         ]
-        self._gen = torch.Generator().manual_seed(child_seed(seed, _STREAM_DROPOUT))
+        self._gen = torch.Generator().manual_seed(child_seed(seed, STREAM_DROPOUT))
         #: Dropout masks of the last training pass, one per layer output (T, B, h) or ``None``.
         self.masks: list[torch.Tensor | None] = []
 

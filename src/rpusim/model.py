@@ -66,7 +66,7 @@ def numba_threads_capped(n: int) -> Iterator[None]:
         numba.set_num_threads(before)
 
 
-_STREAM_LSTM, _STREAM_DECODER = range(2)
+STREAM_LSTM, STREAM_DECODER = range(2)
 
 
 class CharLSTM:
@@ -111,7 +111,7 @@ class CharLSTM:
             hidden,
             layers,
             self.rpu_cfg,
-            seed=child_seed(seed, _STREAM_LSTM),
+            seed=child_seed(seed, STREAM_LSTM),
             dropout=dropout,
             device=self.device,
             dropout_top=True,
@@ -120,7 +120,7 @@ class CharLSTM:
             hidden,
             vocab_size,
             self.rpu_cfg,
-            seed=child_seed(seed, _STREAM_DECODER),
+            seed=child_seed(seed, STREAM_DECODER),
             device=self.device,
         )
         #: :meth:`train_step` of a float model (the ``ideal`` preset) through torch's fused LSTM

@@ -213,7 +213,38 @@ def _with_ones(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class AnalogLinear(AnalogModule):
+class _SingleTileModule(AnalogModule):
+    """A layer on one tile of ``out x (fan_in + bias)`` (bias as a column driven by 1)."""
+
+    use_bias: bool
+
+    def _new_tile(
+        self, out_size: int, fan_in: int, seed: int | None, device: torch.device | str
+    ) -> AnalogTile:
+        """The layer's tile, programmed with torch's default ``U(-1/sqrt(fan_in), ...)``: from
+        torch's global generator (``seed`` None, as ``nn.Linear``) or from ``seed`` alone."""
+        cols = fan_in + int(self.use_bias)
+        bound = 1.0 / math.sqrt(fan_in)
+        if seed is None:
+            w0 = torch.empty(out_size, cols).uniform_(-bound, bound)
+            tile_seed = _draw_seed()
+        else:
+            _layers.check_seed(seed, type(self).__name__)
+            w0 = _layers.init_uniform(out_size, cols, bound, seed)
+            tile_seed = child_seed(seed, _layers.STREAM_TILE)
+        tile = AnalogTile(out_size, cols, self.rpu_config, seed=tile_seed, device=device)
+        tile.set_weights(w0, remap=True)
+        self.analog_ctx.data = self.analog_ctx.data.to(device)
+        return tile
+
+    def analog_tiles(self) -> list[AnalogTile]:
+        return [self.tile]
+
+    def _move_tiles(self, device: torch.device) -> None:
+        self.tile = _moved(self.tile, device)
+
+
+class AnalogLinear(_SingleTileModule):
     """``torch.nn.Linear`` on one tile ``(out_features, in_features + 1)``: the last column is the
     bias, driven by a constant input 1 (``(out, in)`` without bias).
 
@@ -234,24 +265,7 @@ class AnalogLinear(AnalogModule):
     ) -> None:
         super().__init__(rpu_config)
         self.in_features, self.out_features, self.use_bias = in_features, out_features, bool(bias)
-        cols = in_features + int(self.use_bias)
-        bound = 1.0 / math.sqrt(in_features)
-        if seed is None:
-            w0 = torch.empty(out_features, cols).uniform_(-bound, bound)
-            tile_seed = _draw_seed()
-        else:
-            _layers._check_seed(seed, "AnalogLinear")
-            w0 = _layers._init_uniform(out_features, cols, bound, seed)
-            tile_seed = child_seed(seed, _layers._STREAM_TILE)
-        self.tile = AnalogTile(out_features, cols, self.rpu_config, seed=tile_seed, device=device)
-        self.tile.set_weights(w0, remap=True)
-        self.analog_ctx.data = self.analog_ctx.data.to(device)
-
-    def analog_tiles(self) -> list[AnalogTile]:
-        return [self.tile]
-
-    def _move_tiles(self, device: torch.device) -> None:
-        self.tile = _moved(self.tile, device)
+        self.tile = self._new_tile(out_features, in_features, seed, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out): one forward read per row."""
@@ -296,7 +310,7 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-class AnalogConv2d(AnalogModule):
+class AnalogConv2d(_SingleTileModule):
     """``torch.nn.Conv2d`` on one tile ``(out_channels, in_channels * kh * kw + 1)`` (the CNN
     mapping of Gokmen, Onen & Haensch 2017): the kernel is the array, the image is cut into its
     patches (im2col, ``F.unfold``) and every output position is one forward read (and one
@@ -322,24 +336,7 @@ class AnalogConv2d(AnalogModule):
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.use_bias = _pair(padding), bool(bias)
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
-        cols = fan_in + int(self.use_bias)
-        bound = 1.0 / math.sqrt(fan_in)
-        if seed is None:
-            w0 = torch.empty(out_channels, cols).uniform_(-bound, bound)
-            tile_seed = _draw_seed()
-        else:
-            _layers._check_seed(seed, "AnalogConv2d")
-            w0 = _layers._init_uniform(out_channels, cols, bound, seed)
-            tile_seed = child_seed(seed, _layers._STREAM_TILE)
-        self.tile = AnalogTile(out_channels, cols, self.rpu_config, seed=tile_seed, device=device)
-        self.tile.set_weights(w0, remap=True)
-        self.analog_ctx.data = self.analog_ctx.data.to(device)
-
-    def analog_tiles(self) -> list[AnalogTile]:
-        return [self.tile]
-
-    def _move_tiles(self, device: torch.device) -> None:
-        self.tile = _moved(self.tile, device)
+        self.tile = self._new_tile(out_channels, fan_in, seed, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) (or (C, H, W)) -> (B, out_channels, H', W')."""
@@ -600,7 +597,7 @@ def char_lstm_modules(
         layers,
         dropout=dropout,
         rpu_config=rpu_config,
-        seed=child_seed(seed, _model._STREAM_LSTM),
+        seed=child_seed(seed, _model.STREAM_LSTM),
         dropout_top=True,
         device=device,
     )
@@ -608,7 +605,7 @@ def char_lstm_modules(
         hidden,
         vocab_size,
         rpu_config=rpu_config,
-        seed=child_seed(seed, _model._STREAM_DECODER),
+        seed=child_seed(seed, _model.STREAM_DECODER),
         device=device,
     )
     return lstm, head
