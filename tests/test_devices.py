@@ -256,6 +256,26 @@ def test_soft_bounds_w_sym_is_the_docstring_formula():
     assert st["w_sym"][outside].isnan().all()
 
 
+def alternate_pulses(w, dev, dw_min, burn_in, cycles):
+    """Alternate one up and one down coincidence on every device of the square tile ``w`` (in
+    place) for ``burn_in + cycles`` cycles; the sums over the last ``cycles`` of the weight before
+    each up step (``a``) and before each down step (``b``), float64."""
+    n = w.shape[1]
+    cfg = UpdateConfig(bl=1, update_management=False)
+    x = torch.tensor([[1.0] * n, [-1.0] * n])  # pair 0 up, pair 1 down (d = -1)
+    d = -torch.ones(2, w.shape[0])
+    sum_a = torch.zeros(w.shape, dtype=torch.float64)
+    sum_b = torch.zeros_like(sum_a)
+    for c in range(burn_in + cycles):
+        if c >= burn_in:
+            sum_a += w.double()
+        pulsed_update(w, x[:1], d[:1], dw_min, dev, cfg, dw_min, key=2 * c, backend="numba")
+        if c >= burn_in:
+            sum_b += w.double()
+        pulsed_update(w, x[1:], d[1:], dw_min, dev, cfg, dw_min, key=2 * c + 1, backend="numba")
+    return sum_a, sum_b
+
+
 def test_balanced_pulses_drive_soft_bounds_devices_to_their_w_sym():
     """Alternating single up and down coincidences (3400 cycles) bring each device, from either
     end of its range, to its own ``w_sym``.
@@ -276,19 +296,8 @@ def test_balanced_pulses_drive_soft_bounds_devices_to_their_w_sym():
     assert torch.isfinite(w_sym).all()
     w = torch.where(torch.rand(n, n, generator=torch.Generator().manual_seed(0)) < 0.5, 0.8, -0.8)
     w = torch.where(w > 0, w * dev.w_max, -w * dev.w_min).to(torch.float32)
-    cfg = UpdateConfig(bl=1, update_management=False)
-    x = torch.tensor([[1.0] * n, [-1.0] * n])  # pair 0 up, pair 1 down (d = -1)
-    d = -torch.ones(2, n)
-    burn_in, cycles = 1400, 2000
-    sum_a = torch.zeros(n, n, dtype=torch.float64)
-    sum_b = torch.zeros_like(sum_a)
-    for c in range(burn_in + cycles):
-        if c >= burn_in:
-            sum_a += w.double()
-        pulsed_update(w, x[:1], d[:1], dw_min, dev, cfg, dw_min, key=2 * c, backend="numba")
-        if c >= burn_in:
-            sum_b += w.double()
-        pulsed_update(w, x[1:], d[1:], dw_min, dev, cfg, dw_min, key=2 * c + 1, backend="numba")
+    cycles = 2000
+    sum_a, sum_b = alternate_pulses(w, dev, dw_min, burn_in=1400, cycles=cycles)
     up_rate = st["dw_up"].double() / st["w_max"].double()
     down_rate = st["dw_down"].double() / -st["w_min"].double()
     estimate = (up_rate * sum_a + down_rate * sum_b) / (cycles * (up_rate + down_rate))
@@ -637,18 +646,8 @@ def test_balanced_pulses_drive_referenced_devices_to_zero():
     usable = torch.isfinite(st["w_sym"]) & (st["w_sym"].abs() < 1e-5)
     w = torch.where(torch.rand(n, n, generator=torch.Generator().manual_seed(0)) < 0.5, 0.8, -0.8)
     w = torch.where(w > 0, w * dev.w_max, -w * dev.w_min).to(torch.float32)
-    cfg = UpdateConfig(bl=1, update_management=False)
-    x, d = torch.tensor([[1.0] * n, [-1.0] * n]), -torch.ones(2, n)
-    burn_in, cycles = 1400, 2000
-    sum_a = torch.zeros(n, n, dtype=torch.float64)
-    sum_b = torch.zeros_like(sum_a)
-    for c in range(burn_in + cycles):
-        if c >= burn_in:
-            sum_a += w.double()
-        pulsed_update(w, x[:1], d[:1], dw_min, dev, cfg, dw_min, key=2 * c, backend="numba")
-        if c >= burn_in:
-            sum_b += w.double()
-        pulsed_update(w, x[1:], d[1:], dw_min, dev, cfg, dw_min, key=2 * c + 1, backend="numba")
+    cycles = 2000
+    sum_a, sum_b = alternate_pulses(w, dev, dw_min, burn_in=1400, cycles=cycles)
     b_max = st["w_max"].double() + st["ref"].double()
     b_min = st["w_min"].double() + st["ref"].double()
     up_rate, down_rate = st["dw_up"].double() / b_max, st["dw_down"].double() / -b_min
