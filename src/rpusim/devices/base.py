@@ -10,6 +10,7 @@ an up/down asymmetry, cycle-to-cycle noise, and bounds that vary from device to 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from pydantic import Field, model_validator
@@ -33,10 +34,15 @@ class PulsedDeviceConfig(Section):
     w_max_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_max")
     w_min_dtod: float = Field(0.3, ge=0, description="device-to-device spread of w_min")
 
+    #: A model whose step depends on where ``w`` sits in its range refuses unbounded devices.
+    needs_bounds: ClassVar[bool] = False
+
     @model_validator(mode="after")
     def _bounds_ordered(self) -> PulsedDeviceConfig:
         if self.w_max is not None and self.w_min is not None and self.w_min >= self.w_max:
             raise ValueError(f"w_min ({self.w_min}) must be below w_max ({self.w_max})")
+        if self.needs_bounds and (self.w_max is None or self.w_min is None):
+            raise ValueError(f"a {self.kind} device needs finite bounds (w_max and w_min)")
         return self
 
 

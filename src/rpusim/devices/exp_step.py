@@ -11,10 +11,10 @@ the defaults are the reference simulator's. Steps depend on ``w``: applied one a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rpusim.devices import ops
 from rpusim.devices.base import (
@@ -44,11 +44,7 @@ class ExpStepConfig(PulsedDeviceConfig):
     a: float = Field(0.244, description="[exp_step] slope of z in w / (w_max - w_min)")
     b: float = Field(0.2425, description="[exp_step] offset of z")
 
-    @model_validator(mode="after")
-    def _finite_bounds(self) -> ExpStepConfig:
-        if self.w_max is None or self.w_min is None:
-            raise ValueError("an exp-step device needs finite bounds (w_max and w_min)")
-        return self
+    needs_bounds: ClassVar[bool] = True  # its step depends on where w sits between them
 
 
 Config = ExpStepConfig

@@ -17,10 +17,10 @@ The step depends on ``w``, so the ``n`` coincidences of a pair are applied one a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rpusim.devices import ops
 from rpusim.devices.base import DeviceArrays, PulsedDeviceConfig, arrays, draw_pulsed, normal
@@ -57,11 +57,7 @@ class LinearStepConfig(PulsedDeviceConfig):
         True, description="[linear_step, soft_bounds] c2c noise scales the step (else additive)"
     )
 
-    @model_validator(mode="after")
-    def _finite_bounds(self) -> LinearStepConfig:
-        if self.w_max is None or self.w_min is None:
-            raise ValueError("a linear-step device needs finite bounds (w_max and w_min)")
-        return self
+    needs_bounds: ClassVar[bool] = True  # its step depends on where w sits between them
 
 
 Config = LinearStepConfig

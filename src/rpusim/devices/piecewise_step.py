@@ -15,7 +15,7 @@ a measured pulse-response table.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -42,6 +42,7 @@ class PiecewiseStepConfig(PulsedDeviceConfig):
     """A device whose step is interpolated between measured nodes."""
 
     kind: Literal["piecewise_step"] = Field("piecewise_step", description="the device model")
+    needs_bounds: ClassVar[bool] = True  # its nodes are spread over the range
     piecewise_up: list[float] = Field(
         [1.0], description="[piecewise_step] up step / dw_min at equally spaced points of the range"
     )
@@ -51,8 +52,6 @@ class PiecewiseStepConfig(PulsedDeviceConfig):
 
     @model_validator(mode="after")
     def _nodes(self) -> PiecewiseStepConfig:
-        if self.w_max is None or self.w_min is None:
-            raise ValueError("a piecewise-step device needs finite bounds (w_max and w_min)")
         up, down = self.piecewise_up, self.piecewise_down
         if len(up) != len(down) or not 1 <= len(up) <= MAX_NODES:
             raise ValueError(

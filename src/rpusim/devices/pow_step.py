@@ -14,10 +14,10 @@ pow_up_down_dtod * xi'``, ``gamma_up_ij = |pow_gamma (g + r + min(pow_up_down, 0
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rpusim.devices import ops
 from rpusim.devices.base import (
@@ -50,11 +50,7 @@ class PowStepConfig(PulsedDeviceConfig):
         0.0, ge=0, description="[pow_step] device-to-device spread of that asymmetry"
     )
 
-    @model_validator(mode="after")
-    def _finite_bounds(self) -> PowStepConfig:
-        if self.w_max is None or self.w_min is None:
-            raise ValueError("a pow-step device needs finite bounds (w_max and w_min)")
-        return self
+    needs_bounds: ClassVar[bool] = True  # its step depends on where w sits between them
 
 
 Config = PowStepConfig

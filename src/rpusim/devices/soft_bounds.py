@@ -13,10 +13,10 @@ drive every device there (the ReRAM behaviour the Tiki-Taka algorithms rely on).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rpusim.devices import linear_step
 from rpusim.devices.base import DeviceArrays, PulsedDeviceConfig
@@ -35,11 +35,7 @@ class SoftBoundsConfig(PulsedDeviceConfig):
         True, description="[linear_step, soft_bounds] c2c noise scales the step (else additive)"
     )
 
-    @model_validator(mode="after")
-    def _finite_bounds(self) -> SoftBoundsConfig:
-        if self.w_max is None or self.w_min is None:
-            raise ValueError("a soft-bounds device needs finite bounds (w_max and w_min)")
-        return self
+    needs_bounds: ClassVar[bool] = True  # its step depends on where w sits between them
 
 
 Config = SoftBoundsConfig

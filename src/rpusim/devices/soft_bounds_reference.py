@@ -19,10 +19,10 @@ b_max_ij)`` [choice], so that ``w_min_ij < 0 < w_max_ij`` still holds for every 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rpusim.devices import ops
 from rpusim.devices.base import DeviceArrays, PulsedDeviceConfig, arrays, draw_pulsed, normal
@@ -53,11 +53,7 @@ class SoftBoundsReferenceConfig(PulsedDeviceConfig):
         description="[soft_bounds_reference] add each device's symmetry point to its reference",
     )
 
-    @model_validator(mode="after")
-    def _finite_bounds(self) -> SoftBoundsReferenceConfig:
-        if self.w_max is None or self.w_min is None:
-            raise ValueError("a soft-bounds device needs finite bounds (w_max and w_min)")
-        return self
+    needs_bounds: ClassVar[bool] = True  # its step depends on where w sits between them
 
 
 Config = SoftBoundsReferenceConfig
