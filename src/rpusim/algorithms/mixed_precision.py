@@ -27,7 +27,8 @@ class MixedPrecision(Algorithm):
         self.cfg = tile.cfg.mixed_precision
         self.chi = torch.zeros_like(tile._w)
         self.schedule = TransferSchedule(self.cfg.transfer_every, False)
-        self.gen = self.generator(STREAM_ALGORITHM)
+        self.key = self.stream_seed(STREAM_ALGORITHM)  # the pulses' normals (counter-based)
+        self.n_transfers = 0
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         for start, stop, due in self.schedule.chunks(x.shape[0]):
@@ -41,7 +42,8 @@ class MixedPrecision(Algorithm):
         eps = self.cfg.granularity or t.cfg.device.dw_min
         limit = float(self.cfg.max_pulses)
         n = torch.trunc(self.chi / eps).clamp(-limit, limit)
-        apply_pulse_counts(t._w, n, t._dev, self.gen)
+        apply_pulse_counts(t._w, n, t._dev, self.key, self.n_transfers)
+        self.n_transfers += 1
         self.chi.sub_(n * eps)
 
     def set_weights(self) -> None:
@@ -54,10 +56,10 @@ class MixedPrecision(Algorithm):
         return {
             "chi": self.chi.cpu().clone(),
             "schedule_count": self.schedule.count,
-            "gen": self.gen.get_state(),
+            "n_transfers": self.n_transfers,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.chi.copy_(state["chi"])
         self.schedule.count = int(state["schedule_count"])
-        self.gen.set_state(state["gen"])
+        self.n_transfers = int(state.get("n_transfers", 0))

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rpusim.algorithms.base import STREAM_PULSE_COUNTS
 from rpusim.algorithms.pulses import apply_pulse_counts
 from rpusim.algorithms.tiki_taka import TikiTaka
 
@@ -32,6 +33,8 @@ class TTv2(TikiTaka):
         self.H = torch.zeros_like(tile._w)
         self.x_max = 0.0  # running maxima of auto_scale (0: none seen yet)
         self.d_max = 0.0
+        self.pulse_key = self.stream_seed(STREAM_PULSE_COUNTS)  # normals of the pulses to C
+        self.n_buffer_writes = 0
 
     def fast_lr(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> float:
         base = super().fast_lr(x, d, lr)
@@ -62,7 +65,8 @@ class TTv2(TikiTaka):
         n = torch.trunc(h).clamp(-limit, limit)
         counts = torch.zeros_like(self.C)
         counts[:, index] = n
-        apply_pulse_counts(self.C, counts, t._dev, self.gen)
+        apply_pulse_counts(self.C, counts, t._dev, self.pulse_key, self.n_buffer_writes)
+        self.n_buffer_writes += 1
         if self.cfg.forget_buffer:
             h = torch.where(n != 0, self.cfg.momentum * h, h)
         else:
@@ -78,9 +82,11 @@ class TTv2(TikiTaka):
             "H": self.H.cpu().clone(),
             "x_max": self.x_max,
             "d_max": self.d_max,
+            "n_buffer_writes": self.n_buffer_writes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.H.copy_(state["H"])
         self.x_max, self.d_max = float(state["x_max"]), float(state["d_max"])
+        self.n_buffer_writes = int(state.get("n_buffer_writes", 0))
         super().load_state_dict(state)

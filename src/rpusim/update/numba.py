@@ -255,11 +255,18 @@ def kernels(kind: str):
     on-disk cache stores it by: the next process loads it instead of compiling it again.
     """
     model = MODELS[kind]
-    step_fn = njit_as(f"response_{kind}_step", bind(model.step, NUMBA))
+    step_fn = response_step(kind)
     step_n_py = bind(model.step_n, NUMBA) if model.FOLDS else _unused_step_n
     step_n_fn = njit_as(f"response_{kind}_step_n", step_n_py)
     block = njit_as(f"apply_block_{kind}", _apply_block, step=step_fn, step_n=step_n_fn)
     return njit_as(f"apply_pass_{kind}", _apply_pass, parallel=True, apply_block=block)
+
+
+@cache
+def response_step(kind: str):
+    """The device model ``kind``'s response to one coincidence (``model.step``), compiled on
+    float64 scalars; shared by every kernel that applies single pulses."""
+    return njit_as(f"response_{kind}_step", bind(MODELS[kind].step, NUMBA))
 
 
 def njit_as(name: str, fn, parallel: bool = False, **bound):
