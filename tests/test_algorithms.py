@@ -357,3 +357,29 @@ def test_single_pulses_numba_twin_is_the_torch_reference_bit_for_bit(kind):
     assert not torch.equal(outs[0], outs[1])  # another call draws other normals
     untouched = counts == 0
     assert torch.equal(outs[0][untouched], w0[untouched]) and (outs[0] != w0).any()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "kind", "section"),
+    [
+        ("ttv2", "constant_step", {"forget_buffer": False, "max_pulses": 3, "momentum": 0.3}),
+        ("c_ttv2", "soft_bounds", {"n_reads_per_transfer": 2}),
+        ("agad", "pow_step", {"max_pulses": 2}),
+    ],
+)
+def test_the_compiled_buffer_step_is_the_torch_one_bit_for_bit(algorithm, kind, section):
+    """TTv2's buffer step (H, the pulses to C) compiled and in plain torch: the same tiles."""
+    changes = {"algorithm": algorithm, "device.kind": kind, "device.dw_min": 0.01}
+    changes.update({f"{algorithm}.{k}": v for k, v in section.items()})
+    cfg = RPUConfig().override(changes)
+    finals = []
+    for backend in ("torch", "numba"):
+        tile = AnalogTile(6, 5, cfg, seed=2)
+        tile.algorithm.backend = backend
+        gen = torch.Generator().manual_seed(9)
+        for _ in range(4):
+            tile.update(torch.randn(5, 5, generator=gen), torch.randn(5, 6, generator=gen), 1.0)
+        finals.append(tile.device_state())
+    assert (finals[0]["C"] != 0).any()  # pulses reached C
+    for name, value in finals[0].items():
+        assert torch.equal(value, finals[1][name]) or value.isnan().all(), name

@@ -180,3 +180,58 @@ def apply_pulse_counts_numba(
         pulse_seed(key, call),
         rng.normal_table_numpy(),
     )
+
+
+def _buffer_columns(C, H, cols, b, scale, limit, forget, momentum, keep, params, consts, w_min,
+                    w_max, seed, table):  # fmt: skip
+    """The buffer step of TTv2 on the columns ``cols`` (:meth:`rpusim.algorithms.ttv2.TTv2.
+    write_slow`), in its float32 order: ``h = H + scale b``, ``n = clip(trunc(h), +-limit)``
+    single pulses to ``C`` (as :func:`_pulse_counts`, seed of the call ``seed``), then
+    ``H = momentum h`` where ``n != 0`` (``forget``) or ``H = h - keep n`` (``keep``: ``1 -
+    momentum`` rounded to float32)."""
+    n_out = C.shape[0]
+    p = np.empty(params.shape[0], np.float64)
+    for c in range(cols.shape[0]):
+        i = cols[c]
+        for j in range(n_out):
+            h = H[j, i] + scale * b[j, c]
+            n = min(max(np.float32(np.trunc(h)), -limit), limit)
+            if n != 0:
+                _pulses_one(C, j, i, n > 0, int(abs(n)), params, consts, w_min, w_max, seed,
+                            table, p)  # fmt: skip
+            if forget:
+                if n != 0:
+                    h = momentum * h
+            else:
+                h = h - keep * n
+            H[j, i] = h
+
+
+@cache
+def _buffer_kernel(kind: str):
+    from rpusim.update.numba import njit_as
+
+    return njit_as(f"buffer_columns_{kind}", _buffer_columns, _pulses_one=pulses_one(kind))
+
+
+def buffer_columns_numba(
+    C: torch.Tensor,
+    H: torch.Tensor,
+    cols: list[int],
+    b: torch.Tensor,
+    scale: float,
+    limit: float,
+    forget: bool,
+    momentum: float,
+    dev: DeviceArrays,
+    key: int,
+    call: int,
+) -> None:
+    """:func:`_buffer_columns` on CPU tensors (``b``: float32 ``(out, len(cols))``); the same
+    bits as TTv2's torch buffer step with :func:`apply_pulse_counts_reference`."""
+    _buffer_kernel(dev.kind)(
+        C.numpy(), H.numpy(), np.asarray(cols, np.int64), b.detach().contiguous().numpy(),
+        np.float32(scale), np.float32(limit), bool(forget), np.float32(momentum),
+        np.float32(1.0 - momentum),
+        *device_args(dev), pulse_seed(key, call), rng.normal_table_numpy(),
+    )  # fmt: skip

@@ -21,12 +21,15 @@ from typing import Any
 import torch
 
 from rpusim.algorithms.base import STREAM_PULSE_COUNTS
-from rpusim.algorithms.pulses import apply_pulse_counts
+from rpusim.algorithms.pulses import apply_pulse_counts, buffer_columns_numba
 from rpusim.algorithms.tiki_taka import TikiTaka
 
 
 class TTv2(TikiTaka):
     name = "ttv2"
+    #: The buffer step: ``"numba"`` (compiled, CPU), ``"torch"`` (the reference it is tested
+    #: against bit for bit) or ``"auto"`` (numba on the CPU).
+    backend = "auto"
 
     def __init__(self, tile) -> None:
         super().__init__(tile)
@@ -58,15 +61,24 @@ class TTv2(TikiTaka):
 
     def write_slow(self, cols: list[int], v: torch.Tensor, lr: float) -> None:
         t = self.tile
-        index = torch.tensor(cols, device=t.device)
         scale = self.transfer_lr(lr) / (self.cfg.buffer_granularity * t.cfg.device.dw_min)
-        h = self.H[:, index] + scale * self.buffer_input(cols, v)
+        b = self.buffer_input(cols, v)
+        call = self.n_buffer_writes
+        self.n_buffer_writes += 1
+        if self.backend == "numba" or (self.backend == "auto" and self.C.device.type == "cpu"):
+            cfg = self.cfg
+            buffer_columns_numba(
+                self.C, self.H, cols, b, scale, float(cfg.max_pulses), cfg.forget_buffer,
+                cfg.momentum, t._dev, self.pulse_key, call,
+            )  # fmt: skip
+            return
+        index = torch.tensor(cols, device=t.device)
+        h = self.H[:, index] + scale * b
         limit = float(self.cfg.max_pulses)
         n = torch.trunc(h).clamp(-limit, limit)
         counts = torch.zeros_like(self.C)
         counts[:, index] = n
-        apply_pulse_counts(self.C, counts, t._dev, self.pulse_key, self.n_buffer_writes)
-        self.n_buffer_writes += 1
+        apply_pulse_counts(self.C, counts, t._dev, self.pulse_key, call, backend="torch")
         if self.cfg.forget_buffer:
             h = torch.where(n != 0, self.cfg.momentum * h, h)
         else:
