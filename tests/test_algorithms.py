@@ -362,13 +362,29 @@ def test_single_pulses_numba_twin_is_the_torch_reference_bit_for_bit(kind):
 @pytest.mark.parametrize(
     ("algorithm", "kind", "section"),
     [
-        ("ttv2", "constant_step", {"forget_buffer": False, "max_pulses": 3, "momentum": 0.3}),
-        ("c_ttv2", "soft_bounds", {"n_reads_per_transfer": 2}),
-        ("agad", "pow_step", {"max_pulses": 2}),
+        ("ttv2", "constant_step", {}),
+        (
+            "ttv2",
+            "pow_step",
+            {
+                "units_in_mbatch": False,
+                "transfer_every": 2,
+                "n_reads_per_transfer": 3,
+                "with_reset_prob": 0.3,
+                "forget_buffer": False,
+                "momentum": 0.3,
+                "max_pulses": 3,
+            },
+        ),
+        ("c_ttv2", "constant_step", {}),
+        ("c_ttv2", "soft_bounds", {"n_reads_per_transfer": 2, "in_chop_prob": 0.4}),
+        ("agad", "soft_bounds", {"n_reads_per_transfer": 2, "in_chop_prob": 0.5}),
+        ("agad", "piecewise_step", {"max_pulses": 2, "in_chop_prob": 0.3}),
     ],
 )
-def test_the_compiled_buffer_step_is_the_torch_one_bit_for_bit(algorithm, kind, section):
-    """TTv2's buffer step (H, the pulses to C) compiled and in plain torch: the same tiles."""
+def test_the_compiled_update_loop_is_the_torch_one_bit_for_bit(algorithm, kind, section):
+    """TTv2's update call (pairs onto A, reads, buffer, pulses to C, choppers) compiled
+    (rpusim.algorithms.fused) and in plain torch: the same arrays, buffers and counters."""
     changes = {"algorithm": algorithm, "device.kind": kind, "device.dw_min": 0.01}
     changes.update({f"{algorithm}.{k}": v for k, v in section.items()})
     cfg = RPUConfig().override(changes)
@@ -377,9 +393,15 @@ def test_the_compiled_buffer_step_is_the_torch_one_bit_for_bit(algorithm, kind, 
         tile = AnalogTile(6, 5, cfg, seed=2)
         tile.algorithm.backend = backend
         gen = torch.Generator().manual_seed(9)
-        for _ in range(4):
-            tile.update(torch.randn(5, 5, generator=gen), torch.randn(5, 6, generator=gen), 1.0)
-        finals.append(tile.device_state())
-    assert (finals[0]["C"] != 0).any()  # pulses reached C
-    for name, value in finals[0].items():
-        assert torch.equal(value, finals[1][name]) or value.isnan().all(), name
+        for k in (7, 0, 7, 3, 7):
+            tile.update(torch.randn(k, 5, generator=gen), torch.randn(k, 6, generator=gen), 1.0)
+        algo = tile.algorithm
+        counters = (algo.schedule.count, algo.next_col, algo.n_buffer_writes)
+        finals.append((tile.device_state(), counters, getattr(algo, "n_switches", None)))
+    (first, *rest), (second, *rest2) = finals
+    assert (first["C"] != 0).any() and (first["A"] != 0).any()  # pulses reached A and C
+    assert rest == rest2
+    if algorithm != "ttv2":
+        assert rest[1] > 0 or section == {}  # the choppers switched
+    for name, value in first.items():
+        assert torch.equal(value, second[name]) or value.isnan().all(), name

@@ -254,12 +254,19 @@ def kernels(kind: str):
     (``response_linear_step_step``, ``apply_pass_linear_step``, ...), which is the name numba's
     on-disk cache stores it by: the next process loads it instead of compiling it again.
     """
+    block = block_kernel(kind)
+    return njit_as(f"apply_pass_{kind}", _apply_pass, parallel=True, apply_block=block)
+
+
+@cache
+def block_kernel(kind: str):
+    """:func:`_apply_block` compiled for the device model ``kind`` (serial; :func:`kernels`
+    runs it on blocks of rows in parallel, the fused TTv2 loop on one pair at a time)."""
     model = MODELS[kind]
     step_fn = response_step(kind)
     step_n_py = bind(model.step_n, NUMBA) if model.FOLDS else _unused_step_n
     step_n_fn = njit_as(f"response_{kind}_step_n", step_n_py)
-    block = njit_as(f"apply_block_{kind}", _apply_block, step=step_fn, step_n=step_n_fn)
-    return njit_as(f"apply_pass_{kind}", _apply_pass, parallel=True, apply_block=block)
+    return njit_as(f"apply_block_{kind}", _apply_block, step=step_fn, step_n=step_n_fn)
 
 
 @cache
