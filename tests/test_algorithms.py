@@ -405,3 +405,27 @@ def test_the_compiled_update_loop_is_the_torch_one_bit_for_bit(algorithm, kind, 
         assert rest[1] > 0 or section == {}  # the choppers switched
     for name, value in first.items():
         assert torch.equal(value, second[name]) or value.isnan().all(), name
+
+
+@pytest.mark.parametrize(("kind", "every"), [("constant_step", 1), ("exp_step", 3)])
+def test_the_compiled_mixed_precision_loop_is_the_torch_one_bit_for_bit(kind, every):
+    cfg = RPUConfig().override(
+        {
+            "algorithm": "mixed_precision",
+            "device.kind": kind,
+            "mixed_precision.transfer_every": every,
+            "mixed_precision.max_pulses": 4,
+        }
+    )
+    finals = []
+    for backend in ("torch", "numba"):
+        tile = AnalogTile(6, 5, cfg, seed=2)
+        tile.algorithm.backend = backend
+        gen = torch.Generator().manual_seed(9)
+        for k in (7, 0, 5, 2):
+            tile.update(torch.randn(k, 5, generator=gen), torch.randn(k, 6, generator=gen), 0.01)
+        algo = tile.algorithm
+        finals.append((tile.get_weights(), algo.chi.clone(), algo.schedule.count, algo.n_transfers))
+    assert (finals[0][0] != 0).any()  # pulses reached the array
+    assert torch.equal(finals[0][0], finals[1][0]) and torch.equal(finals[0][1], finals[1][1])
+    assert finals[0][2:] == finals[1][2:]

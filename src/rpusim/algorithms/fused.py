@@ -191,3 +191,43 @@ def kernel(kind: str):
         f"ttv2_chunk_{kind}", _chunk, apply_block=update_numba.block_kernel(kind),
         _transfer_next=transfer_next,
     )  # fmt: skip
+
+
+def _mixed_precision(w, chi, x, d, lr, eps, limit, every, counters, params, consts, w_min, w_max,
+                     base, table):  # fmt: skip
+    """Mixed precision's update call (:class:`rpusim.algorithms.mixed_precision.
+    MixedPrecision`): per pair ``chi <- chi - lr (d_j x_i)``; after every ``every`` pairs
+    ``n = clip(trunc(chi / eps), +-limit)`` single pulses to ``w`` (the seed of transfer
+    ``counters[1]`` from ``base``) and ``chi <- chi - n eps``. ``counters``: int64 ``[pairs
+    since the last transfer, transfers]``, updated in place."""
+    n_out, n_in = w.shape
+    p = np.empty(params.shape[0], np.float64)
+    for k in range(x.shape[0]):
+        for j in range(n_out):
+            dj = d[k, j]
+            for i in range(n_in):
+                chi[j, i] = chi[j, i] - lr * (dj * x[k, i])
+        counters[0] += 1
+        if counters[0] != every:
+            continue
+        counters[0] = 0
+        seed = _mix32(base ^ (counters[1] & _MASK32))
+        counters[1] += 1
+        for j in range(n_out):
+            for i in range(n_in):
+                n = min(max(np.float32(np.trunc(chi[j, i] / eps)), -limit), limit)
+                if n != 0 and n == n:
+                    _pulses_one(w, j, i, n > 0, int(abs(n)), params, consts, w_min, w_max, seed,
+                                table, p)  # fmt: skip
+                    chi[j, i] = chi[j, i] - n * eps
+
+
+@cache
+def mixed_precision_kernel(kind: str):
+    """:func:`_mixed_precision` compiled for the device model ``kind``."""
+    from rpusim.update import numba as update_numba
+
+    return update_numba.njit_as(
+        f"mixed_precision_{kind}", _mixed_precision, _pulses_one=pulses_one(kind),
+        _mix32=update_numba._mix32,
+    )  # fmt: skip
