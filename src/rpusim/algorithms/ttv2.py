@@ -12,6 +12,11 @@ buffer ``H`` (float32 ``(out, in)``, in units of pulses of ``C``) first::
 ``lr_A update.bl dw_min / (x_max d_max)`` with running maxima (momentum ``auto_momentum``) of
 ``max |x|`` and ``max |d|`` of each update call, so that the largest pair makes about ``bl``
 coincidences whatever the gradient's magnitude (the reference simulator's ``auto_scale``).
+
+An update call runs as one loop (:meth:`TTv2.update`): on the CPU compiled
+(:mod:`rpusim.algorithms.fused`), elsewhere (or with ``backend = "torch"``) its plain torch twin,
+the same bits. The call's pairs share one update key; its transfers' read noises and uniforms
+are drawn when the call starts.
 """
 
 from __future__ import annotations
