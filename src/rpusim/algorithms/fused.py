@@ -202,24 +202,29 @@ def _mixed_precision(w, chi, x, d, lr, eps, limit, every, counters, params, cons
     since the last transfer, transfers]``, updated in place."""
     n_out, n_in = w.shape
     p = np.empty(params.shape[0], np.float64)
+    # |chi| below this cannot give trunc(chi / eps) != 0 (the quotient stays below 0.999 + an
+    # ulp): such devices skip the division. A device's chi update and its transfer touch only
+    # that device, so one pass over chi does both.
+    near = eps * np.float32(0.999)
     for k in range(x.shape[0]):
+        counters[0] += 1
+        due = counters[0] == every
+        seed = 0
+        if due:
+            counters[0] = 0
+            seed = _mix32(base ^ (counters[1] & _MASK32))
+            counters[1] += 1
         for j in range(n_out):
             dj = d[k, j]
             for i in range(n_in):
-                chi[j, i] = chi[j, i] - lr * (dj * x[k, i])
-        counters[0] += 1
-        if counters[0] != every:
-            continue
-        counters[0] = 0
-        seed = _mix32(base ^ (counters[1] & _MASK32))
-        counters[1] += 1
-        for j in range(n_out):
-            for i in range(n_in):
-                n = min(max(np.float32(np.trunc(chi[j, i] / eps)), -limit), limit)
-                if n != 0 and n == n:
-                    _pulses_one(w, j, i, n > 0, int(abs(n)), params, consts, w_min, w_max, seed,
-                                table, p)  # fmt: skip
-                    chi[j, i] = chi[j, i] - n * eps
+                c = chi[j, i] - lr * (dj * x[k, i])
+                if due and abs(c) >= near:
+                    n = min(max(np.float32(np.trunc(c / eps)), -limit), limit)
+                    if n != 0:
+                        _pulses_one(w, j, i, n > 0, int(abs(n)), params, consts, w_min, w_max,
+                                    seed, table, p)  # fmt: skip
+                        c = c - n * eps
+                chi[j, i] = c
 
 
 @cache
