@@ -52,6 +52,18 @@ DEVICE_ROWS: dict[str, dict] = {
 }
 
 
+#: The shape of the per-algorithm rows (``alg:<name>``: the RPU baseline learning with that
+#: ``rpu.algorithm``; ``sgd`` is the ``rpusim-rpu`` row).
+ALGORITHM_HIDDEN = 128
+
+
+def algorithm_rows() -> list[str]:
+    """The algorithms that get a row of their own (every one but ``sgd``)."""
+    from rpusim.config import ALGORITHMS
+
+    return [name for name in ALGORITHMS if name != "sgd"]
+
+
 def _rate(
     step: Callable[[], None], chars_per_step: int, seconds: float, device: str = "cpu"
 ) -> float:
@@ -184,6 +196,7 @@ def run(
     log: Callable[[str], None] = print,
     device: str = "cpu",
     devices: bool = False,
+    algorithms: bool = False,
 ) -> dict:
     """Measure every row; returns ``{"machine": {...}, "rows": [...]}``.
 
@@ -191,6 +204,8 @@ def run(
     (after one warm-up step each); a row reports the median rate and the median of the per-round
     ratios to torch, so that a change of load on a shared machine hits both sides of a ratio.
     ``devices``: also a row per device model (:data:`DEVICE_ROWS`, ``rpu:<kind>``).
+    ``algorithms``: also a row per learning algorithm at 2 x :data:`ALGORITHM_HIDDEN`
+    (``alg:<name>``, :func:`algorithm_rows`).
     """
     hiddens = (128,) if quick else (64, 128, 256)
     rows = []
@@ -209,6 +224,12 @@ def run(
                         steps[f"rpu:{kind}"] = rpusim_step(
                             hidden, 2, batch, "rpu_baseline", device=device, overrides=overrides
                         )
+            if algorithms and hidden == ALGORITHM_HIDDEN:  # the RPU baseline, other learning
+                for name in algorithm_rows():
+                    steps[f"alg:{name}"] = rpusim_step(
+                        hidden, 2, batch, "rpu_baseline", device=device,
+                        overrides={"algorithm": name},
+                    )  # fmt: skip
             for step in steps.values():
                 step()  # warm-up: numba compilation, allocator
             rates: dict[str, list[float]] = {impl: [] for impl in steps}
@@ -255,13 +276,20 @@ def main(
     json_path: str | Path | None = None,
     device: str = "cpu",
     devices: bool = False,
+    algorithms: bool = False,
 ) -> dict:
     from rpusim.train import device_problem
 
     problem = device_problem(device, "device='cpu'")
     if problem is not None:
         raise ValueError(f"device {problem}")
-    result = run(quick=quick, seconds=2.5 if quick else 5.0, device=device, devices=devices)
+    result = run(
+        quick=quick,
+        seconds=2.5 if quick else 5.0,
+        device=device,
+        devices=devices,
+        algorithms=algorithms,
+    )
     print()
     print(markdown_table(result))
     if json_path is not None:

@@ -541,6 +541,12 @@ def _add_bench(sub) -> None:
         action="store_true",
         help="also a row per device model (rpu:<kind>: the RPU baseline on that model)",
     )
+    p.add_argument(
+        "--algorithms",
+        action="store_true",
+        help="also a row per learning algorithm at 2x128 (alg:<name>: the RPU baseline "
+        "learning with rpu.algorithm=<name>)",
+    )
     _add_threads(p)
     p.set_defaults(func=_bench)
 
@@ -553,7 +559,13 @@ def _bench(args: argparse.Namespace) -> int:
     if problem is not None:
         return _fail(f"--device {problem}")
     _set_threads(args.threads)
-    bench.main(quick=args.quick, json_path=args.json, device=args.device, devices=args.devices)
+    bench.main(
+        quick=args.quick,
+        json_path=args.json,
+        device=args.device,
+        devices=args.devices,
+        algorithms=args.algorithms,
+    )
     return EXIT_OK
 
 

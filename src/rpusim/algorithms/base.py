@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 # The tile's streams 0-3 are its own (devices, forward, backward, update pulses; rpusim.tile).
 STREAM_FAST_DEVICES, STREAM_TRANSFER_UPDATE, STREAM_ALGORITHM, STREAM_TRANSFER_READ = 4, 5, 6, 7
+# The key of the counter-based normals of the single pulses the buffer of TTv2 (and its chopped
+# variants) sends to C (rpusim.algorithms.pulses; one call per buffer write).
+STREAM_PULSE_COUNTS = 8
 
 
 class Algorithm:

@@ -33,14 +33,20 @@ class ChoppedTTv2(TTv2):
     def buffer_input(self, cols: list[int], v: torch.Tensor) -> torch.Tensor:
         return v * self.chop[torch.tensor(cols, device=v.device)]
 
-    def after_read(self, cols: list[int]) -> None:
-        super().after_read(cols)
+    def after_read(
+        self,
+        cols: list[int],
+        u_reset: torch.Tensor | None = None,
+        u_chop: torch.Tensor | None = None,
+    ) -> None:
+        super().after_read(cols, u_reset)
         p = self.cfg.in_chop_prob
         if p <= 0:
             return
         index = torch.tensor(cols)
         if self.cfg.in_chop_random:
-            flip = torch.rand(len(cols), generator=self.gen) < p
+            u = torch.rand(len(cols), generator=self.gen) if u_chop is None else u_chop
+            flip = u < p
         else:
             self.reads_in_period[index] += 1
             flip = self.reads_in_period[index] >= max(round(1.0 / p), 2)

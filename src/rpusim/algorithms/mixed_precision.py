@@ -13,35 +13,63 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from rpusim import rng
 from rpusim.algorithms.base import STREAM_ALGORITHM, Algorithm, TransferSchedule
 from rpusim.algorithms.pulses import apply_pulse_counts
 
 
 class MixedPrecision(Algorithm):
     name = "mixed_precision"
+    #: ``"numba"`` (the update call compiled, CPU), ``"torch"`` (its twin) or ``"auto"``.
+    backend = "auto"
 
     def __init__(self, tile) -> None:
         super().__init__(tile)
         self.cfg = tile.cfg.mixed_precision
         self.chi = torch.zeros_like(tile._w)
         self.schedule = TransferSchedule(self.cfg.transfer_every, False)
-        self.gen = self.generator(STREAM_ALGORITHM)
+        self.key = self.stream_seed(STREAM_ALGORITHM)  # the pulses' normals (counter-based)
+        self.n_transfers = 0
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
-        for start, stop, due in self.schedule.chunks(x.shape[0]):
-            if stop > start:
-                self.chi.sub_(lr * (d[start:stop].t() @ x[start:stop]))
-            if due:
+        """Pair by pair: ``chi <- chi - lr d_k^T x_k``, a transfer where the schedule puts one
+        (compiled on the CPU, :func:`rpusim.algorithms.fused.mixed_precision_kernel`; the
+        torch loop below is its twin, bit for bit)."""
+        t = self.tile
+        if self.backend == "numba" or (self.backend == "auto" and t.device.type == "cpu"):
+            from rpusim.algorithms.fused import mixed_precision_kernel
+            from rpusim.algorithms.pulses import device_args
+
+            counters = np.array([self.schedule.count, self.n_transfers], np.int64)
+            mixed_precision_kernel(t.cfg.device.kind)(
+                t._w.numpy(), self.chi.numpy(), x.contiguous().numpy(), d.contiguous().numpy(),
+                np.float32(lr), np.float32(self.eps()), np.float32(self.cfg.max_pulses),
+                self.cfg.transfer_every, counters, *device_args(t._dev),
+                rng.stream_base(self.key, rng.STREAM_C2C), rng.normal_table_numpy(),
+            )  # fmt: skip
+            self.schedule.count, self.n_transfers = int(counters[0]), int(counters[1])
+            return
+        for k in range(x.shape[0]):
+            self.chi.sub_(lr * torch.outer(d[k], x[k]))
+            self.schedule.count += 1
+            if self.schedule.count == self.cfg.transfer_every:
+                self.schedule.count = 0
                 self.transfer()
+
+    def eps(self) -> float:
+        """The weight of one pulse."""
+        return self.cfg.granularity or self.tile.cfg.device.dw_min
 
     def transfer(self) -> None:
         t = self.tile
-        eps = self.cfg.granularity or t.cfg.device.dw_min
+        eps = self.eps()
         limit = float(self.cfg.max_pulses)
         n = torch.trunc(self.chi / eps).clamp(-limit, limit)
-        apply_pulse_counts(t._w, n, t._dev, self.gen)
+        apply_pulse_counts(t._w, n, t._dev, self.key, self.n_transfers, backend="torch")
+        self.n_transfers += 1
         self.chi.sub_(n * eps)
 
     def set_weights(self) -> None:
@@ -54,10 +82,10 @@ class MixedPrecision(Algorithm):
         return {
             "chi": self.chi.cpu().clone(),
             "schedule_count": self.schedule.count,
-            "gen": self.gen.get_state(),
+            "n_transfers": self.n_transfers,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.chi.copy_(state["chi"])
         self.schedule.count = int(state["schedule_count"])
-        self.gen.set_state(state["gen"])
+        self.n_transfers = int(state.get("n_transfers", 0))

@@ -105,10 +105,13 @@ class TikiTaka(Algorithm):
             self.C, onehot, d, self.transfer_lr(lr), t._dev, t.cfg.update, t.cfg.device.dw_min, key
         )
 
-    def after_read(self, cols: list[int]) -> None:
+    def after_read(self, cols: list[int], u_reset: torch.Tensor | None = None) -> None:
+        """After the read of ``cols``: each column of ``A`` is set to zero with probability
+        ``with_reset_prob`` (``u_reset``: the uniforms, if drawn already)."""
         p = self.cfg.with_reset_prob
         if p > 0:
-            hit = torch.rand(len(cols), generator=self.gen) < p
+            u = torch.rand(len(cols), generator=self.gen) if u_reset is None else u_reset
+            hit = u < p
             for col, h in zip(cols, hit.tolist(), strict=True):
                 if h:
                     self.A[:, col] = 0.0

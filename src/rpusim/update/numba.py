@@ -54,7 +54,7 @@ SERIAL_DRAWS = 1 << 20
 # The reference's own hash, compiled. Numba's on-disk cache does not notice edits to another
 # file: after changing rng.py (the hash or its constants), delete update/__pycache__ (the
 # bit-for-bit twin tests fail until then).
-_mix32 = njit(cache=True, nogil=True)(rng.mix32)
+mix32_compiled = njit(cache=True, nogil=True)(rng.mix32)
 
 _U24 = np.float32(2.0**-24)
 _ONE = np.float32(1.0)
@@ -82,9 +82,9 @@ def _lowest_bit(v):
 def _line_seeds(base, n_lines):
     """``mix32(mix32(base ^ LINE_SALT) ^ l)`` for each line ``l``: int64 ``(n_lines,)``."""
     out = np.empty(n_lines, np.int64)
-    salted = _mix32(base ^ rng.LINE_SALT)
+    salted = mix32_compiled(base ^ rng.LINE_SALT)
     for line in range(n_lines):
-        out[line] = _mix32(salted ^ line)
+        out[line] = mix32_compiled(salted ^ line)
     return out
 
 
@@ -103,7 +103,7 @@ def _fire_words(slot_seed, n_slots, line_seed, prob, words):
         slot = slot_seed[t]
         bit = np.uint64(1) << np.uint64(t)
         for line in range(n_lines):
-            u = np.float32(_mix32(slot ^ line_seed[line]) >> 8) * _U24
+            u = np.float32(mix32_compiled(slot ^ line_seed[line]) >> 8) * _U24
             words[line] |= bit if u < prob[line] else np.uint64(0)
 
 
@@ -135,13 +135,13 @@ def _pulse_pass(
         for i in range(n_in):
             p[i] = min(_ONE, ak * abs(x[k, i]))
         for t in range(n_slots):
-            slot_seed[t] = _mix32(col_base ^ (k * rng.MAX_BL + t))
+            slot_seed[t] = mix32_compiled(col_base ^ (k * rng.MAX_BL + t))
         _fire_words(slot_seed, n_slots, col_seed, p, col_word[kk])
         q = np.empty(n_out, np.float32)
         for j in range(n_out):
             q[j] = min(_ONE, bk * abs(d[k, j]))
         for t in range(n_slots):
-            slot_seed[t] = _mix32(row_base ^ (k * rng.MAX_BL + t))
+            slot_seed[t] = mix32_compiled(row_base ^ (k * rng.MAX_BL + t))
         _fire_words(slot_seed, n_slots, row_seed, q, row_word[kk])
         for i in range(n_in):
             word = col_word[kk, i]
@@ -183,7 +183,7 @@ def _apply_block(
                 for wd in range(n_wd):
                     hit_mask[wd] |= col_mask[kk, t, wd]
             d_pos = d[k, j] > _ZERO
-            dev_seed = _mix32(c2c_base ^ (k * n_out + j))
+            dev_seed = mix32_compiled(c2c_base ^ (k * n_out + j))
             for wd in range(n_wd):
                 v = hit_mask[wd]
                 while v != np.uint64(0):
@@ -196,7 +196,7 @@ def _apply_block(
                     if folds:
                         z = _ZERO
                         if noisy:
-                            z = table[_mix32(dev_seed ^ c2c_col_seed[i]) >> _GAUSS_SHIFT]
+                            z = table[mix32_compiled(dev_seed ^ c2c_col_seed[i]) >> _GAUSS_SHIFT]
                         n = np.float32(c)
                         v_new = step_n(w[j, i], up, params[0, j, i], params[1, j, i], n,
                                        std_sqrt[c], z)  # fmt: skip
@@ -204,10 +204,10 @@ def _apply_block(
                         continue
                     for q in range(p.shape[0]):
                         p[q] = np.float64(params[q, j, i])
-                    h = _mix32(dev_seed ^ c2c_col_seed[i])
+                    h = mix32_compiled(dev_seed ^ c2c_col_seed[i])
                     wij = w[j, i]
                     for m in range(c):
-                        z64 = np.float64(table[_mix32(h ^ m) >> _GAUSS_SHIFT])
+                        z64 = np.float64(table[mix32_compiled(h ^ m) >> _GAUSS_SHIFT])
                         v_new = np.float32(
                             step(np.float64(wij), up, np.float64(hi), np.float64(lo), p, consts,
                                  z64)
@@ -258,21 +258,38 @@ def kernels(kind: str):
     model's response source (and of the ops), because numba checks only this file's timestamp
     for the kernels: an edited device model then compiles anew instead of running the old one.
     """
+    block = block_kernel(kind)
+    return njit_as(f"apply_pass_{model_tag(kind)}", _apply_pass, parallel=True, apply_block=block)
+
+
+@cache
+def block_kernel(kind: str):
+    """:func:`_apply_block` compiled for the device model ``kind`` (serial; :func:`kernels`
+    runs it on blocks of rows in parallel, the fused TTv2 loop on one pair at a time)."""
     model = MODELS[kind]
+    step_fn = response_step(kind)
     step_n_py = bind(model.step_n, NUMBA) if model.FOLDS else _unused_step_n
-    tag = f"{kind}_{_source_hash(model.step, step_n_py, ops)}"
-    step_fn = njit_as(f"response_{tag}_step", bind(model.step, NUMBA))
-    step_n_fn = njit_as(f"response_{tag}_step_n", step_n_py)
-    block = njit_as(f"apply_block_{tag}", _apply_block, step=step_fn, step_n=step_n_fn)
-    return njit_as(f"apply_pass_{tag}", _apply_pass, parallel=True, apply_block=block)
+    step_n_fn = njit_as(f"response_{model_tag(kind)}_step_n", step_n_py)
+    return njit_as(f"apply_block_{model_tag(kind)}", _apply_block, step=step_fn, step_n=step_n_fn)
 
 
-def _source_hash(*objects) -> str:
-    """Eight hex digits of the source code of ``objects`` (functions or modules)."""
+@cache
+def response_step(kind: str):
+    """The device model ``kind``'s response to one coincidence (``model.step``), compiled on
+    float64 scalars; shared by every kernel that applies single pulses."""
+    return njit_as(f"response_{model_tag(kind)}_step", bind(MODELS[kind].step, NUMBA))
+
+
+@cache
+def model_tag(kind: str) -> str:
+    """``kind`` and eight hex digits of its response's source (``step``, ``step_n``) and of the
+    ops: the part of a compiled kernel's name that changes when the device model is edited
+    (numba's cache checks only the timestamp of the file a kernel is defined in)."""
+    model = MODELS[kind]
     digest = hashlib.sha256()
-    for obj in objects:
+    for obj in (model.step, model.step_n if model.FOLDS else _unused_step_n, ops):
         digest.update(inspect.getsource(obj).encode())
-    return digest.hexdigest()[:8]
+    return f"{kind}_{digest.hexdigest()[:8]}"
 
 
 def njit_as(name: str, fn, parallel: bool = False, **bound):

@@ -40,6 +40,8 @@ def pulsed_update_reference(
     cfg: UpdateConfig,
     dw_min: float,
     key: int,
+    pairs: range | None = None,
+    scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Apply ``W <- W - lr d^T x`` as pulse coincidences, pair by pair (plain torch).
 
@@ -52,6 +54,9 @@ def pulsed_update_reference(
         cfg: bit length and update and BL management.
         dw_min: nominal step, used for the pulse probabilities.
         key: in ``[0, 2**31)``; fixes every random number of the call.
+        pairs: apply only these pairs (``k`` indexes the call's pairs as without it, so the
+            pairs of one call may be applied in pieces with other work in between).
+        scales: :func:`pulse_scales` of the call, if already computed.
 
     A model that folds (constant step) applies the ``n`` coincidences of a device in one step,
     ``model.step_n``, in float32. Any other model applies them one at a time: ``model.step`` in
@@ -62,7 +67,7 @@ def pulsed_update_reference(
     n_out, n_in = w.shape
     on = w.device
     model = dev.model
-    a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)
+    a, b, bl = pulse_scales(x, d, lr, cfg, dw_min) if scales is None else scales
     p = torch.clamp(a.to(on)[:, None] * x.abs(), max=1.0)  # (K, in) column firing probabilities
     q = torch.clamp(b.to(on)[:, None] * d.abs(), max=1.0)  # (K, out) row firing probabilities
     if model.FOLDS:
@@ -75,7 +80,7 @@ def pulsed_update_reference(
         consts = torch.tensor(dev.consts, dtype=torch.float64, device=on)
         w_max, w_min = dev.w_max.double(), dev.w_min.double()
 
-    for k in range(x.shape[0]):
+    for k in range(x.shape[0]) if pairs is None else pairs:
         if a[k] == 0:
             continue
         n = _pair_pulses(a, b, bl, p, q, key, k, n_in, n_out, on)
