@@ -131,6 +131,16 @@ class AnalogTile:
         return self._w.clone()
 
     @property
+    def weights(self) -> torch.Tensor:
+        """The array itself, (out, in) float32 (not a copy; what the reads and updates use)."""
+        return self._w
+
+    @property
+    def devices(self) -> DeviceArrays:
+        """The devices of the array (per-device parameters, bounds, the model's constants)."""
+        return self._dev
+
+    @property
     def out_scale(self) -> torch.Tensor | None:
         """The digital output scale (out,) of ``mapping.weight_scaling``, or ``None``."""
         return None if self._out_scale is None else self._out_scale.clone()

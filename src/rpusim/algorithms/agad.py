@@ -21,8 +21,8 @@ class AGAD(ChoppedTTv2):
 
     def __init__(self, tile) -> None:
         super().__init__(tile)
-        self.mean_run = torch.zeros_like(tile._w)  # mean read of the current chopper period
-        self.mean_ref = torch.zeros_like(tile._w)  # ... of the previous one (the reference)
+        self.mean_run = torch.zeros_like(tile.weights)  # mean read of the current chopper period
+        self.mean_ref = torch.zeros_like(tile.weights)  # ... of the previous one (the reference)
         self.n_run = torch.zeros(tile.in_size, dtype=torch.float32, device=tile.device)
 
     def buffer_input(self, cols: list[int], v: torch.Tensor) -> torch.Tensor:

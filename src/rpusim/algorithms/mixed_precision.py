@@ -29,7 +29,7 @@ class MixedPrecision(Algorithm):
     def __init__(self, tile) -> None:
         super().__init__(tile)
         self.cfg = tile.cfg.mixed_precision
-        self.chi = torch.zeros_like(tile._w)
+        self.chi = torch.zeros_like(tile.weights)
         self.schedule = TransferSchedule(self.cfg.transfer_every, False)
         self.key = self.stream_seed(STREAM_ALGORITHM)  # the pulses' normals (counter-based)
         self.n_transfers = 0
@@ -45,9 +45,9 @@ class MixedPrecision(Algorithm):
 
             counters = np.array([self.schedule.count, self.n_transfers], np.int64)
             mixed_precision_kernel(t.cfg.device.kind)(
-                t._w.numpy(), self.chi.numpy(), x.contiguous().numpy(), d.contiguous().numpy(),
+                t.weights.numpy(), self.chi.numpy(), x.contiguous().numpy(), d.contiguous().numpy(),
                 np.float32(lr), np.float32(self.eps()), np.float32(self.cfg.max_pulses),
-                self.cfg.transfer_every, counters, *device_args(t._dev),
+                self.cfg.transfer_every, counters, *device_args(t.devices),
                 rng.stream_base(self.key, rng.STREAM_C2C), rng.normal_table_numpy(),
             )  # fmt: skip
             self.schedule.count, self.n_transfers = int(counters[0]), int(counters[1])
@@ -68,7 +68,7 @@ class MixedPrecision(Algorithm):
         eps = self.eps()
         limit = float(self.cfg.max_pulses)
         n = torch.trunc(self.chi / eps).clamp(-limit, limit)
-        apply_pulse_counts(t._w, n, t._dev, self.key, self.n_transfers, backend="torch")
+        apply_pulse_counts(t.weights, n, t.devices, self.key, self.n_transfers, backend="torch")
         self.n_transfers += 1
         self.chi.sub_(n * eps)
 

@@ -20,9 +20,9 @@ class SGD(Algorithm):
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         t = self.tile
         if t.cfg.update.mode == "float":
-            t._w.sub_(lr * (d.t() @ x))
-            torch.maximum(torch.minimum(t._w, t._dev.w_max), t._dev.w_min, out=t._w)
+            t.weights.sub_(lr * (d.t() @ x))
+            torch.maximum(torch.minimum(t.weights, t.devices.w_max), t.devices.w_min, out=t.weights)
             return
         pulses.pulsed_update(
-            t._w, x, d, lr, t._dev, t.cfg.update, t.cfg.device.dw_min, t.next_update_key()
+            t.weights, x, d, lr, t.devices, t.cfg.update, t.cfg.device.dw_min, t.next_update_key()
         )

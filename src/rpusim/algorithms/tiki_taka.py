@@ -39,8 +39,8 @@ class TikiTaka(Algorithm):
         super().__init__(tile)
         self.cfg = getattr(tile.cfg, self.name)
         self.dev_fast = self.draw_fast_devices()
-        self.A = torch.zeros_like(tile._w)
-        self.C = tile._w.clone()
+        self.A = torch.zeros_like(tile.weights)
+        self.C = tile.weights.clone()
         self.schedule = TransferSchedule(self.cfg.transfer_every, self.cfg.units_in_mbatch)
         self.next_col = 0
         self.n_transfers = 0
@@ -101,9 +101,8 @@ class TikiTaka(Algorithm):
         key = self.stream_seed(STREAM_TRANSFER_UPDATE, self.n_transfers)
         self.n_transfers += 1
         d = (-v.t()).contiguous()
-        pulses.pulsed_update(
-            self.C, onehot, d, self.transfer_lr(lr), t._dev, t.cfg.update, t.cfg.device.dw_min, key
-        )
+        lr_t, upd = self.transfer_lr(lr), t.cfg.update
+        pulses.pulsed_update(self.C, onehot, d, lr_t, t.devices, upd, t.cfg.device.dw_min, key)
 
     def after_read(self, cols: list[int], u_reset: torch.Tensor | None = None) -> None:
         """After the read of ``cols``: each column of ``A`` is set to zero with probability
@@ -121,12 +120,12 @@ class TikiTaka(Algorithm):
     def sync(self) -> None:
         """The tile's read weights: ``W = gamma A + C``."""
         if self.cfg.gamma == 0:
-            self.tile._w.copy_(self.C)
+            self.tile.weights.copy_(self.C)
         else:
-            torch.add(self.C, self.A, alpha=self.cfg.gamma, out=self.tile._w)
+            torch.add(self.C, self.A, alpha=self.cfg.gamma, out=self.tile.weights)
 
     def set_weights(self) -> None:
-        self.C.copy_(self.tile._w)
+        self.C.copy_(self.tile.weights)
         self.A.zero_()
         self.sync()
 

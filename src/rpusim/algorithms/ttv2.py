@@ -44,7 +44,7 @@ class TTv2(TikiTaka):
 
     def __init__(self, tile) -> None:
         super().__init__(tile)
-        self.H = torch.zeros_like(tile._w)
+        self.H = torch.zeros_like(tile.weights)
         self.x_max = 0.0  # running maxima of auto_scale (0: none seen yet)
         self.d_max = 0.0
         self.pulse_key = self.stream_seed(STREAM_PULSE_COUNTS)  # normals of the pulses to C
@@ -169,7 +169,7 @@ class TTv2(TikiTaka):
         row_word = np.empty((chunk, n_out), np.uint64)
         col_mask = np.empty((chunk, max_bl, (n_in + 63) // 64), np.uint64)
         fparams, consts, fw_min, fw_max = device_args(self.dev_fast)
-        cparams, _, cw_min, cw_max = device_args(t._dev)
+        cparams, _, cw_min, cw_max = device_args(t.devices)
         io = t.cfg.transfer_forward
         noise, reset_u, chop_u = drawn
         f32 = np.float32
@@ -262,7 +262,7 @@ class TTv2(TikiTaka):
             cfg = self.cfg
             buffer_columns_numba(
                 self.C, self.H, cols, b, scale, float(cfg.max_pulses), cfg.forget_buffer,
-                cfg.momentum, t._dev, self.pulse_key, call,
+                cfg.momentum, t.devices, self.pulse_key, call,
             )  # fmt: skip
             return
         index = torch.tensor(cols, device=t.device)
@@ -271,7 +271,7 @@ class TTv2(TikiTaka):
         n = torch.trunc(h).clamp(-limit, limit)
         counts = torch.zeros_like(self.C)
         counts[:, index] = n
-        apply_pulse_counts(self.C, counts, t._dev, self.pulse_key, call, backend="torch")
+        apply_pulse_counts(self.C, counts, t.devices, self.pulse_key, call, backend="torch")
         if self.cfg.forget_buffer:
             h = torch.where(n != 0, self.cfg.momentum * h, h)
         else:
