@@ -243,6 +243,18 @@ class _SingleTileModule(AnalogModule):
     def _move_tiles(self, device: torch.device) -> None:
         self.tile = _moved(self.tile, device)
 
+    def _set_matrix(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Program ``weight`` (out, ...; flattened per output) and ``bias`` (out,) as the bias
+        column (``None``: zero bias; refused on a layer without one)."""
+        w = torch.as_tensor(weight, dtype=torch.float32).detach().cpu()
+        w = w.reshape(self.tile.out_size, -1)
+        if self.use_bias:
+            b = torch.zeros(self.tile.out_size) if bias is None else torch.as_tensor(bias)
+            w = torch.cat([w, b.detach().cpu().to(torch.float32).view(-1, 1)], dim=1)
+        elif bias is not None:
+            raise ValueError(f"{type(self).__name__}.set_weights: this layer has no bias")
+        self._program(self.tile, w)
+
 
 class AnalogLinear(_SingleTileModule):
     """``torch.nn.Linear`` on one tile ``(out_features, in_features + 1)``: the last column is the
@@ -286,13 +298,7 @@ class AnalogLinear(_SingleTileModule):
 
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         """Program ``weight`` (out, in) and ``bias`` (out,) (``None``: zero bias)."""
-        w = torch.as_tensor(weight, dtype=torch.float32).detach().cpu()
-        if self.use_bias:
-            b = torch.zeros(self.out_features) if bias is None else torch.as_tensor(bias)
-            w = torch.cat([w, b.detach().cpu().to(torch.float32).view(-1, 1)], dim=1)
-        elif bias is not None:
-            raise ValueError("AnalogLinear.set_weights: this layer has no bias")
-        self._program(self.tile, w)
+        self._set_matrix(weight, bias)
 
     def extra_repr(self) -> str:
         return (
@@ -370,14 +376,7 @@ class AnalogConv2d(_SingleTileModule):
 
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         """Program ``weight`` (out, in, kh, kw) and ``bias`` (out,) (``None``: zero bias)."""
-        w = torch.as_tensor(weight, dtype=torch.float32).detach().cpu()
-        w = w.reshape(self.out_channels, -1)
-        if self.use_bias:
-            b = torch.zeros(self.out_channels) if bias is None else torch.as_tensor(bias)
-            w = torch.cat([w, b.detach().cpu().to(torch.float32).view(-1, 1)], dim=1)
-        elif bias is not None:
-            raise ValueError("AnalogConv2d.set_weights: this layer has no bias")
-        self._program(self.tile, w)
+        self._set_matrix(weight, bias)
 
     def extra_repr(self) -> str:
         return (
