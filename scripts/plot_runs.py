@@ -27,6 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--title", default="LSTM2-64WP, batch 1, seq 100, seed 0: FP twin vs RPU baseline"
+    )
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for run in args.runs:
@@ -44,7 +47,7 @@ def main() -> None:
     ax.set_ylabel("cross-entropy (nats/char)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("LSTM2-64WP, batch 1, seq 100, seed 0: FP twin vs RPU baseline")
+    ax.set_title(args.title)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
