@@ -11,6 +11,16 @@ The GPU counterpart of :mod:`rpusim.update.numba`, in two passes per chunk of pa
   and bounds in registers and loops over the chunk's pairs, reading only two words and two
   signs per line and pair. A pair in which no row (or no column) of the tile fired, as for most
   pairs of the small errors of a trained network, costs two loads and two reductions.
+  A model that folds (constant step) applies a device's ``n`` coincidences as one step
+  (``step_n``); any other model runs :func:`_apply_steps_kernel`, which applies them one at a
+  time, ``n`` calls of the model's ``step`` with a fresh normal and a clip after each.
+
+The device physics stays in the device module: the kernels receive the model's response as a
+Triton function, compiled from its one source with Triton's ``ops``
+(:mod:`rpusim.devices.ops_triton`; :func:`response`, :func:`folded_response`), and its
+parameters as tuples (``p[q]`` a float64 block of devices, ``c[q]`` a float64 scalar), loaded by
+functions generated from their number (:func:`param_loader`, :func:`const_loader`). Nothing here
+is written per model: a new device module runs here as it is.
 
 Pairs are processed in chunks of at most ``CHUNK``, so the scratch memory is
 ``CHUNK * (in + out)`` words whatever ``K``: never a ``(K, out, in)`` or ``(K, BL, in)`` array.
@@ -24,7 +34,12 @@ Exactness, as in the numba twin:
   spread on the host in the reference's float32 (``std * sqrt(n)`` for every possible ``n``);
 * the float32 arithmetic is the reference's, in its order (``(std * sqrt(n)) * z``, ``n + .``,
   ``dw * .``, ``w + s * .``, clip), launched with :data:`IEEE_F32`: by default Triton contracts
-  ``a * b + c`` to one FMA, which rounds once instead of twice.
+  ``a * b + c`` to one FMA, which rounds once instead of twice;
+* one coincidence at a time, the response is evaluated in float64 as in the reference (the
+  parameters widened from float32, the constants float64), rounded to float32 once, then
+  clipped; its ``m``-th normal is the table entry of ``mix32(h ^ m)``
+  (:func:`rpusim.rng.coincidence_hash`). ``exp`` and ``pow`` are the one place where the bits
+  can differ from torch's: see :mod:`rpusim.devices.ops_triton`.
 
 The kernels are plain Triton: under ``TRITON_INTERPRET=1`` (set before triton is first
 imported) they run on CPU tensors through Triton's interpreter, which is how the test suite
