@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -28,7 +29,15 @@ import textwrap
 
 import pytest
 import torch
-from twin_cases import assert_same_reads, random_io, reads_by_both, update_pairs
+from twin_cases import (
+    MANAGEMENTS,
+    TWIN_DEVICES,
+    assert_same_reads,
+    device_update_case,
+    random_io,
+    reads_by_both,
+    update_pairs,
+)
 
 from rpusim.config import DeviceConfig, IOConfig, UpdateConfig
 from rpusim.devices import sample_devices
@@ -133,6 +142,223 @@ def test_update_twin_over_chunks_and_strided_weights(twins, monkeypatch):
     w_view = w0.t().contiguous().t()
     update.pulsed_update_triton(w_view, x, d, lr, dev, cfg, dw_min, 7)
     assert not w_view.is_contiguous() and torch.equal(w_ref, w_view)
+
+
+# ------------------------------------------------------------------------------------------------
+# Device models whose step depends on w: one coincidence at a time
+# ------------------------------------------------------------------------------------------------
+
+
+@interpreted
+@pytest.mark.parametrize("case", sorted(TWIN_DEVICES))
+def test_update_twin_every_device_model(case, twins):
+    """Every model and preset (d2d spreads, c2c noise, asymmetry, weights on their bounds,
+    saturated and empty pairs): the reference's bits. Each case takes one of the four update
+    and BL managements in turn (they change only the counts, which the folded cases above
+    cover with every management); one tile of 8 x 128 devices, as the interpreter's time goes by
+    the program."""
+    update, _ = twins
+    management = MANAGEMENTS[sorted(TWIN_DEVICES).index(case) % len(MANAGEMENTS)]
+    w0, x, d, lr, dev, cfg, dw_min = device_update_case(case, management)
+    w_ref, w_twin = w0.clone(), w0.clone()
+    pulsed_update_reference(w_ref, x, d, lr, dev, cfg, dw_min, key=4242)
+    update.pulsed_update_triton(w_twin, x, d, lr, dev, cfg, dw_min, 4242, 8, 128)
+    assert torch.equal(w_ref, w_twin), (w_ref - w_twin).abs().max()
+    assert (w_ref != w0).float().mean() > 0.2  # the case did update most devices
+
+
+W_DEPENDENT_EDGES = {
+    # name: (device case, management, device changes, lr factor)
+    "exp_step-no-c2c-noise": ("preset-reram_es", "um", {"dw_min_std": 0.0}, 1.0),
+    "linear_step-to-its-bounds": ("linear_step-defaults", "none", {"dw_min": 0.05}, 5.0),
+    "soft_bounds-asymmetric-additive": (
+        "soft_bounds-defaults", "um+blm", {"up_down": 0.4, "mult_noise": False}, 1.0,
+    ),
+}  # fmt: skip
+
+
+@interpreted
+@pytest.mark.parametrize("name", sorted(W_DEPENDENT_EDGES))
+def test_update_twin_one_at_a_time_edges(name, twins):
+    """No c2c noise, devices driven onto their bounds, strong asymmetry with additive noise;
+    through ``backend="triton"`` (its default tiles, partial at the edges)."""
+    case, management, change, lr_factor = W_DEPENDENT_EDGES[name]
+    w0, x, d, lr, dev, cfg, dw_min = device_update_case(case, management, 19, 37, change)
+    w_ref, w_twin = w0.clone(), w0.clone()
+    pulsed_update_reference(w_ref, x, d, lr * lr_factor, dev, cfg, dw_min, key=99)
+    pulsed_update(w_twin, x, d, lr * lr_factor, dev, cfg, dw_min, key=99, backend="triton")
+    assert torch.equal(w_ref, w_twin), (w_ref - w_twin).abs().max()
+    assert (w_ref != w0).float().mean() > 0.2
+    if name.endswith("to-its-bounds"):
+        assert ((w_ref == dev.w_max) | (w_ref == dev.w_min)).float().mean() > 0.2
+
+
+@interpreted
+@pytest.mark.parametrize("case", ["piecewise_step-5-nodes", "preset-ecram"])
+def test_update_twin_one_at_a_time_over_chunks_tiles_and_strided_weights(case, twins):
+    """A w-dependent model with the pairs split over several chunks, several tiles (partial at
+    the edges) and a transposed view of ``w``: the same bits."""
+    update, _ = twins
+    w0, x, d, lr, dev, cfg, dw_min = device_update_case(case, "um+blm", n_out=7, n_in=21)
+    w_ref = w0.clone()
+    pulsed_update_reference(w_ref, x, d, lr, dev, cfg, dw_min, key=7)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(update, "CHUNK", 3)
+        w_view = w0.t().contiguous().t()
+        update.pulsed_update_triton(w_view, x, d, lr, dev, cfg, dw_min, 7, 4, 16)
+    assert not w_view.is_contiguous() and torch.equal(w_ref, w_view)
+
+
+PLUGIN_MODEL = textwrap.dedent(
+    '''
+    """A device model written for a test: one file, registered, and no edit of any kernel."""
+    from typing import ClassVar, Literal
+
+    from rpusim.devices import ops
+    from rpusim.devices.base import (
+        PulsedDeviceConfig, arrays, draw_pulsed, symmetry_point_by_bisection,
+    )
+
+    KIND = "plugin_test"
+    PARAMS = ("dw_up", "dw_down", "inv_range", "tilt")
+    CONSTS = ("dw_min_std", "n_nodes", "up0", "up1", "up2", "down0", "down1", "down2")
+    FOLDS = False
+
+
+    class Config(PulsedDeviceConfig):
+        kind: Literal["plugin_test"] = "plugin_test"
+        needs_bounds: ClassVar[bool] = True
+
+
+    def consts(cfg):
+        return (cfg.dw_min_std, 3.0, 1.3, 0.7, 1.1, 0.9, 0.4, 1.2)
+
+
+    def draw(cfg, shape, gen):
+        base = draw_pulsed(cfg, shape, gen)
+        inv_range = 1.0 / (base.w_max - base.w_min)
+        tilt = 0.1 + 0.05 * base.w_max  # a fourth per-device parameter
+        return arrays(KIND, [base.dw_up, base.dw_down, inv_range, tilt], base, consts(cfg))
+
+
+    def step(w, up, w_max, w_min, p, c, z):
+        r = ops.minimum(ops.maximum((w - w_min) * p[2], 0.0), 1.0)
+        k = ops.minimum(ops.floor(r * (c[1] - 1.0)), c[1] - 2.0)
+        first = ops.where(up, 2.0, 2.0 + c[1]) + k
+        node = ops.take(c, first) + (r * (c[1] - 1.0) - k) * (
+            ops.take(c, first + 1.0) - ops.take(c, first)
+        )
+        bend = ops.pow(ops.where(up, 1.0 - r, r) + 0.1, 0.7) * ops.exp(-p[3] * r / 0.3)
+        return w + ops.where(up, p[0], -p[1]) * node * bend * (1.0 + c[0] * z)
+
+
+    def symmetry_point(dev):
+        return symmetry_point_by_bisection(dev)
+    '''
+)
+
+
+@interpreted
+def test_update_twin_runs_a_new_device_file_as_it_is(twins, tmp_path, monkeypatch):
+    """The plug-in design: a device model in a new file (every op of ``ops``, a fourth
+    parameter, a literal that float32 cannot hold), put in the registry, runs through the
+    Triton update with the reference's bits; nothing in ``update/triton.py`` names it."""
+    import importlib
+    import inspect
+
+    from rpusim.devices import MODELS
+
+    update, _ = twins
+    (tmp_path / "plugin_test.py").write_text(PLUGIN_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = importlib.import_module("plugin_test")
+    monkeypatch.setitem(MODELS, model.KIND, model)
+    assert model.KIND not in inspect.getsource(update)
+    dev = sample_devices(model.Config(), 6, 23, torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    x, d = update_pairs(gen, 8, 6, 23)
+    w0 = dev.w_min + torch.rand(6, 23, generator=gen) * (dev.w_max - dev.w_min)
+    cfg = UpdateConfig(bl=31)
+    w_ref, w_twin = w0.clone(), w0.clone()
+    pulsed_update_reference(w_ref, x, d, 0.04, dev, cfg, 0.001, key=5)
+    pulsed_update(w_twin, x, d, 0.04, dev, cfg, 0.001, key=5, backend="triton")
+    assert torch.equal(w_ref, w_twin), (w_ref - w_twin).abs().max()
+    assert (w_ref != w0).float().mean() > 0.2
+
+
+if INTERPRETED:
+    import triton
+    import triton.language as tl
+
+    from rpusim.devices import ops_triton
+
+    @triton.jit
+    def _ops_kernel(a_ptr, b_ptr, table_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        """Each op of the Triton dialect on blocks ``a``, ``b`` (float64), into ``out[op]``."""
+        i = tl.arange(0, BLOCK)
+        m = i < n
+        a = tl.load(a_ptr + i, mask=m, other=0.0)
+        b = tl.load(b_ptr + i, mask=m, other=0.0)
+        table = (tl.load(table_ptr), tl.load(table_ptr + 1), tl.load(table_ptr + 2))
+        tl.store(out_ptr + i, ops_triton.maximum(a, b), mask=m)
+        tl.store(out_ptr + n + i, ops_triton.minimum(a, b), mask=m)
+        tl.store(out_ptr + 2 * n + i, ops_triton.floor(a), mask=m)
+        tl.store(out_ptr + 3 * n + i, ops_triton.exp(a), mask=m)
+        tl.store(out_ptr + 4 * n + i, ops_triton.pow(tl.abs(a), b), mask=m)
+        tl.store(out_ptr + 5 * n + i, ops_triton.take(table, tl.abs(b)), mask=m)
+        tl.store(out_ptr + 6 * n + i, ops_triton.where(a > b, a, 0.1), mask=m)
+        tl.store(out_ptr + 7 * n + i, ops_triton.pow(tl.abs(a), 0.7), mask=m)
+
+
+@interpreted
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_triton_ops_are_the_torch_ops(twins):
+    """The Triton dialect's ops against the torch dialect's on the same float64 values: the
+    exact ones (selections, floor, take) bit for bit, NaN and subnormals included; ``exp`` and
+    ``pow`` (numpy's here, libdevice's compiled) within 2 ulp in float64 and equal once rounded
+    to float32 (ops_triton's docstring)."""
+    from rpusim.devices.ops import TORCH
+
+    gen = torch.Generator().manual_seed(0)
+    special = [float("nan"), -float("inf"), float("inf"), -0.0, 0.0, -5e-324, 5e-324, -2.5, 2.5]
+    a = torch.cat([torch.tensor(special), 8 * torch.randn(3000, generator=gen)]).double()
+    b_special = [1.0, float("nan"), -3.0, 0.0, 2.0, -0.0, float("inf"), 0.5, float("nan")]
+    b = torch.cat([torch.tensor(b_special), 3 * torch.rand(3000, generator=gen)]).double()
+    b[-len(special) :] = torch.tensor(special)  # and each special value against itself
+    a[-len(special) :] = torch.tensor(special)
+    table = torch.tensor([0.25, -1.5, 7.0], dtype=torch.float64)
+    n = a.numel()
+    out = torch.empty(8 * n, dtype=torch.float64)
+    _ops_kernel[(1,)](a, b, table, out, n, BLOCK=triton.next_power_of_2(n))
+    got = out.view(8, n)
+    exact = {
+        "maximum": (0, TORCH.maximum(a, b)),
+        "minimum": (1, TORCH.minimum(a, b)),
+        "floor": (2, TORCH.floor(a)),
+        "take": (5, TORCH.take(table, b.abs().nan_to_num(3.0).clamp(max=2.0))),
+        "where": (6, TORCH.where(a > b, a, 0.1)),
+    }
+    inside = b.abs() < 3  # take's indices inside the table (outside: 0, where torch raises)
+    for name, (row, want) in exact.items():
+        g, w = (got[row][inside], want[inside]) if name == "take" else (got[row], want)
+        assert torch.equal(g.isnan(), w.isnan()), name
+        ok = ~w.isnan()
+        assert torch.equal(g[ok], w[ok]), name
+        # The sign of a zero on a tie (clamp(-0, min=0)) is not torch's choice but its code
+        # path's: its vectorized loop and its scalar tail differ. Elsewhere signs are exact.
+        ok &= (w != 0) | (name not in ("maximum", "minimum"))
+        assert torch.equal(torch.signbit(g[ok]), torch.signbit(w[ok])), name
+    for name, row, want in (
+        ("exp", 3, TORCH.exp(a)),
+        ("pow", 4, TORCH.pow(a.abs(), b)),
+        ("pow of a number", 7, TORCH.pow(a.abs(), 0.7)),
+    ):
+        g, finite = got[row], torch.isfinite(want)
+        assert torch.equal(torch.isfinite(g), finite), name
+        ulp = torch.nextafter(want.abs(), torch.tensor(math.inf, dtype=torch.float64)) - want.abs()
+        assert ((g - want)[finite].abs() <= 2 * ulp[finite]).all(), name
+        assert torch.equal(g[finite].float(), want[finite].float()), name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -96,14 +96,17 @@ TWIN_DEVICES = {
 MANAGEMENTS = ("none", "um", "blm", "um+blm")
 
 
-def device_update_case(case: str, management: str, n_out: int = 5, n_in: int = 67):
+def device_update_case(
+    case: str, management: str, n_out: int = 5, n_in: int = 67, change: dict | None = None
+):
     """An update of 8 pairs on the devices ``TWIN_DEVICES[case]`` (drawn with their d2d spread):
     weights inside the bounds and on them, a pair with saturated probabilities (``p = 1``) and
     pairs without pulses, about 10 coincidences per pair for ``|x d| ~ 1/4``.
 
-    Returns ``(w0, x, d, lr, dev, cfg, dw_min)``.
+    ``change``: keys of the device section to set differently. Returns ``(w0, x, d, lr, dev,
+    cfg, dw_min)``.
     """
-    section = TWIN_DEVICES[case]
+    section = {**TWIN_DEVICES[case], **(change or {})}
     cfg_dev = MODELS[section.get("kind", "constant_step")].Config(**section)
     dev = sample_devices(cfg_dev, n_out, n_in, torch.Generator().manual_seed(len(case)))
     gen = torch.Generator().manual_seed(len(case) + 7)

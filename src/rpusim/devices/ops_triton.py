@@ -12,7 +12,7 @@ torch functions, in float64):
 
 * ``where``, ``maximum``, ``minimum``, ``floor``, ``take``: exact operations (selections and a
   rounding to an integer), the same bits on every backend. ``maximum(a, b)`` is
-  ``torch.clamp(a, min=b)``: a NaN ``a`` stays NaN.
+  ``torch.clamp(a, min=b)``: NaN where either is NaN, ``a`` on a tie.
 * ``exp``, ``pow``: not correctly rounded anywhere. Compiled, they are libdevice's float64
   ``__nv_exp`` and ``__nv_pow`` (1 and 2 ulp, in double); in the interpreter numpy's ``exp`` and
   ``power``; torch on the CPU has its own. All three agree in float64 to an ulp or two, and the
@@ -39,12 +39,13 @@ INTERPRETED = isinstance(where, InterpretedFunction)
 
 @triton.jit
 def maximum(a, b):
-    return tl.where(a < b, b, a)
+    # torch.clamp(a, min=b): NaN if either is; a on a tie (the sign of a zero is a's).
+    return tl.where(b != b, b, tl.where(a < b, b, a))
 
 
 @triton.jit
 def minimum(a, b):
-    return tl.where(a > b, b, a)
+    return tl.where(b != b, b, tl.where(a > b, b, a))
 
 
 @triton.jit
@@ -76,15 +77,17 @@ if INTERPRETED:
     def pow(a, b):  # noqa: A001 - the name every dialect of ops uses
         """numpy's ``power`` on the interpreter's blocks: libdevice, which has ``pow``, has no
         interpreted form, and ``tl`` has no power."""
-        a, b = tl.broadcast(a, b)
-        data = np.power(a.handle.data, b.handle.data.astype(a.handle.data.dtype))
+        a, b = tl.broadcast(a, tl.zeros_like(a) + b)
+        data = np.power(a.handle.data, b.handle.data)
         return tl.tensor(TensorHandle(data, a.dtype.scalar), a.type)
 
 else:
 
     @triton.jit
     def pow(a, b):  # noqa: A001 - the name every dialect of ops uses
-        return libdevice.pow(a, b)
+        """``a ** b`` for a tensor ``a`` (float64) and a tensor or a number ``b`` (taken in
+        ``a``'s type, exactly: ``0 + b``), as ``torch.pow``."""
+        return libdevice.pow(a, tl.zeros_like(a) + b)
 
 
 #: The float32 one of the folded constant-step response.
