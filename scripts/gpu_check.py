@@ -2,7 +2,9 @@
 
 The test suite runs the kernels through Triton's interpreter on the CPU (``tests/test_triton.py``);
 this script runs them compiled, on the GPU, at the shapes of a training run (the 512 x 257 gate
-array of a 128-unit LSTM layer), which the suite cannot do. It is not part of the suite.
+array of a 128-unit LSTM layer), which the suite cannot do: the folded constant-step update,
+every w-dependent device model one coincidence at a time, and the reads. It is not part of the
+suite.
 
     python scripts/gpu_check.py            # exit status 1 if any twin differs from its reference
 
@@ -19,7 +21,8 @@ import time
 import torch
 
 from rpusim.config import BackwardIOConfig, DeviceConfig, IOConfig, UpdateConfig
-from rpusim.devices import sample_devices
+from rpusim.devices import MODELS, sample_devices
+from rpusim.devices.presets import DEVICE_PRESETS, preset_section
 from rpusim.periphery import analog_mvm_reference
 from rpusim.periphery.triton import analog_mvm_triton
 from rpusim.update import pulsed_update_reference
@@ -66,6 +69,53 @@ def check_update(n_pairs: int, cfg: UpdateConfig, tiles: list[tuple[int, int]]) 
     return ok
 
 
+#: The device sections of the one-at-a-time check: every model whose step depends on w (with a
+#: w-dependence its defaults lack) and every preset of such a model.
+W_DEPENDENT = {
+    "linear_step": {"kind": "linear_step", "gamma_up": 0.5, "gamma_down": 0.4},
+    "soft_bounds": {"kind": "soft_bounds"},
+    "exp_step": {"kind": "exp_step"},
+    "pow_step": {"kind": "pow_step", "pow_gamma": 2.0, "pow_up_down": 0.3},
+    "piecewise_step": {
+        "kind": "piecewise_step",
+        "piecewise_up": [1.4, 1.1, 0.8, 0.5, 0.2],
+        "piecewise_down": [0.3, 0.6, 0.9, 1.0, 1.5],
+    },
+    "soft_bounds_reference": {"kind": "soft_bounds_reference"},
+    **{
+        name: preset_section(name)
+        for name, v in DEVICE_PRESETS.items()
+        if v["kind"] != "constant_step"
+    },
+}
+
+
+def check_device_model(name: str, n_pairs: int) -> bool:
+    """One coincidence at a time: the Triton twin against the torch reference on the GPU (the
+    verdict), and the number of weights in which it differs from the reference on the CPU (where
+    exp and pow are the C library's, not libdevice's: expected 0, or a few 1-ulp weights)."""
+    section = W_DEPENDENT[name]
+    cfg_dev = MODELS[section["kind"]].Config(**section)
+    gen = torch.Generator().manual_seed(n_pairs)
+    dev_cpu = sample_devices(cfg_dev, OUT, IN, gen)
+    dev = dev_cpu.to("cuda")
+    x = 2 * torch.rand(n_pairs, IN, generator=gen) - 1
+    d = 0.1 * torch.randn(n_pairs, OUT, generator=gen)
+    w0 = dev_cpu.w_min + torch.rand(OUT, IN, generator=gen) * (dev_cpu.w_max - dev_cpu.w_min)
+    cfg, lr, dw_min = UpdateConfig(bl_management=True, bl=31), 40 * cfg_dev.dw_min, cfg_dev.dw_min
+    w_cpu = w0.clone()
+    pulsed_update_reference(w_cpu, x, d, lr, dev_cpu, cfg, dw_min, 1)
+    x, d, w0 = x.cuda(), d.cuda(), w0.cuda()
+    w_ref, w = w0.clone(), w0.clone()
+    ref = timed(lambda: pulsed_update_reference(w_ref.copy_(w0), x, d, lr, dev, cfg, dw_min, 1), 1)
+    twin = timed(lambda: pulsed_update_triton(w.copy_(w0), x, d, lr, dev, cfg, dw_min, 1), 3)
+    moved = not torch.equal(w_ref, w0)
+    ok = row(f"update {name} K={n_pairs}", moved and torch.equal(w_ref, w), ref, twin)
+    off_cpu = int((w.cpu() != w_cpu).sum())
+    print(f"  {name}: {off_cpu} of {w.numel()} weights differ from the CPU reference")
+    return ok
+
+
 def check_read(io: IOConfig, batch: int, transposed: bool) -> bool:
     gen = torch.Generator().manual_seed(batch)
     weights = (0.3 * torch.randn(OUT, IN, generator=gen)).cuda()
@@ -94,6 +144,9 @@ def main() -> int:
     for n_pairs in (100, 3200):
         ok &= check_update(n_pairs, UpdateConfig(), tiles)
     ok &= check_update(3200, UpdateConfig(bl=64, bl_management=True), tiles[:1])
+    for name in W_DEPENDENT:
+        ok &= check_device_model(name, 100)
+    ok &= check_device_model("ecram", 3200)
     for batch in (1, 64):
         ok &= check_read(IOConfig(), batch, transposed=False)
         ok &= check_read(BackwardIOConfig(), batch, transposed=True)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from twin_cases import update_pairs
+from twin_cases import MANAGEMENTS, PIECEWISE, TWIN_DEVICES, device_update_case
 
 from rpusim.config import ConfigError, RPUConfig, RunConfig, UpdateConfig
 from rpusim.devices import MODELS, DeviceArrays, sample_devices
@@ -24,11 +24,6 @@ from rpusim.tile import AnalogTile
 from rpusim.update import pulsed_update, pulsed_update_one_by_one, pulsed_update_reference
 
 Z = 4.5  # tolerance in standard errors
-
-PIECEWISE = {
-    "piecewise_up": [1.4, 1.1, 0.8, 0.5, 0.2],
-    "piecewise_down": [0.3, 0.6, 0.9, 1.0, 1.5],
-}
 
 #: One config per model whose w-dependence is not trivial (the defaults of linear_step and
 #: piecewise_step are a constant step).
@@ -117,45 +112,14 @@ def one_torch_thread():
 # 1. The compiled twin gives the reference's bits, for every model
 # ------------------------------------------------------------------------------------------------
 
-TWIN_DEVICES = {
-    **{f"{kind}-defaults": {"kind": kind} for kind in MODELS},
-    **{f"preset-{name}": preset_section(name) for name in DEVICE_PRESETS},
-    "linear_step-additive": {
-        "kind": "linear_step",
-        "gamma_up": 0.3,
-        "gamma_down": 0.6,
-        "mult_noise": False,
-    },
-    "pow_step-gamma2-asym": {"kind": "pow_step", "pow_gamma": 2.0, "pow_up_down": 0.3},
-    "piecewise_step-5-nodes": {"kind": "piecewise_step", **PIECEWISE},
-    "piecewise_step-3-nodes": {
-        "kind": "piecewise_step",
-        "piecewise_up": [2.0, 0.5, 0.0],
-        "piecewise_down": [0.0, 1.0, 1.8],
-    },
-}
 
-
-@pytest.mark.parametrize("management", ["none", "um", "blm", "um+blm"])
+@pytest.mark.parametrize("management", MANAGEMENTS)
 @pytest.mark.parametrize("case", sorted(TWIN_DEVICES))
 def test_numba_twin_matches_reference_for_every_model(case, management):
     """Same key, same weights, for every model and preset: weights inside the bounds and on
-    them, pairs with saturated probabilities (``p = 1``) and pairs without pulses."""
-    section = TWIN_DEVICES[case]
-    n_out, n_in, n_pairs = 5, 67, 8  # > 64 columns: two words of column bits
-    dev = draw(section, n_out, n_in, seed=len(case))
-    dw_min = config(section).dw_min
-    gen = torch.Generator().manual_seed(len(case) + 7)
-    x, d = update_pairs(gen, n_pairs, n_out, n_in)
-    x[1] *= 100.0  # saturates: p = 1 on most lines
-    frac = torch.rand(n_out, n_in, generator=gen)
-    w0 = dev.w_min + frac * (dev.w_max - dev.w_min)
-    w0.view(-1)[::7] = dev.w_max.reshape(-1)[::7]
-    w0.view(-1)[3::11] = dev.w_min.reshape(-1)[3::11]
-    cfg = UpdateConfig(
-        bl=31, update_management="um" in management, bl_management="blm" in management
-    )
-    lr = 40 * dw_min  # ~10 coincidences per pair for |x d| ~ 1/4
+    them, pairs with saturated probabilities (``p = 1``) and pairs without pulses (two words of
+    column bits: 67 columns)."""
+    w0, x, d, lr, dev, cfg, dw_min = device_update_case(case, management)
     w_ref, w_numba = w0.clone(), w0.clone()
     pulsed_update_reference(w_ref, x, d, lr, dev, cfg, dw_min, key=4242)
     pulsed_update(w_numba, x, d, lr, dev, cfg, dw_min, key=4242, backend="numba")

@@ -7,7 +7,9 @@ import random
 
 import torch
 
-from rpusim.config import IOConfig
+from rpusim.config import IOConfig, UpdateConfig
+from rpusim.devices import MODELS, sample_devices
+from rpusim.devices.presets import DEVICE_PRESETS, preset_section
 from rpusim.periphery import analog_mvm
 
 
@@ -62,3 +64,59 @@ def update_pairs(gen: torch.Generator, n_pairs: int, n_out: int, n_in: int):
     x[n_pairs // 2] = 0.0
     d[-1] = 0.0
     return x, d
+
+
+#: Nodes of a piecewise-step device whose step changes across the range.
+PIECEWISE = {
+    "piecewise_up": [1.4, 1.1, 0.8, 0.5, 0.2],
+    "piecewise_down": [0.3, 0.6, 0.9, 1.0, 1.5],
+}
+
+#: The device sections every update twin is held to the reference on: every model's defaults,
+#: every preset, and a few models with a w-dependence their defaults lack.
+TWIN_DEVICES = {
+    **{f"{kind}-defaults": {"kind": kind} for kind in MODELS},
+    **{f"preset-{name}": preset_section(name) for name in DEVICE_PRESETS},
+    "linear_step-additive": {
+        "kind": "linear_step",
+        "gamma_up": 0.3,
+        "gamma_down": 0.6,
+        "mult_noise": False,
+    },
+    "pow_step-gamma2-asym": {"kind": "pow_step", "pow_gamma": 2.0, "pow_up_down": 0.3},
+    "piecewise_step-5-nodes": {"kind": "piecewise_step", **PIECEWISE},
+    "piecewise_step-3-nodes": {
+        "kind": "piecewise_step",
+        "piecewise_up": [2.0, 0.5, 0.0],
+        "piecewise_down": [0.0, 1.0, 1.8],
+    },
+}
+
+#: Update and BL management, each on and off.
+MANAGEMENTS = ("none", "um", "blm", "um+blm")
+
+
+def device_update_case(
+    case: str, management: str, n_out: int = 5, n_in: int = 67, change: dict | None = None
+):
+    """An update of 8 pairs on the devices ``TWIN_DEVICES[case]`` (drawn with their d2d spread):
+    weights inside the bounds and on them, a pair with saturated probabilities (``p = 1``) and
+    pairs without pulses, about 10 coincidences per pair for ``|x d| ~ 1/4``.
+
+    ``change``: keys of the device section to set differently. Returns ``(w0, x, d, lr, dev,
+    cfg, dw_min)``.
+    """
+    section = {**TWIN_DEVICES[case], **(change or {})}
+    cfg_dev = MODELS[section.get("kind", "constant_step")].Config(**section)
+    dev = sample_devices(cfg_dev, n_out, n_in, torch.Generator().manual_seed(len(case)))
+    gen = torch.Generator().manual_seed(len(case) + 7)
+    x, d = update_pairs(gen, 8, n_out, n_in)
+    x[1] *= 100.0  # saturates: p = 1 on most lines
+    frac = torch.rand(n_out, n_in, generator=gen)
+    w0 = dev.w_min + frac * (dev.w_max - dev.w_min)
+    w0.view(-1)[::7] = dev.w_max.reshape(-1)[::7]
+    w0.view(-1)[3::11] = dev.w_min.reshape(-1)[3::11]
+    cfg = UpdateConfig(
+        bl=31, update_management="um" in management, bl_management="blm" in management
+    )
+    return w0, x, d, 40 * cfg_dev.dw_min, dev, cfg, cfg_dev.dw_min

@@ -7,17 +7,17 @@ function with ``ops`` bound to one dialect:
 * :data:`TORCH`: element-wise on tensors (the torch reference applies the response to a whole
   tile at once);
 * :data:`NUMBA`: on scalars, compiled by numba inside the update kernel's device loop;
-* :func:`triton_dialect`: on blocks of devices inside the Triton update kernel (so far the
-  folded constant-step response: a model applied one coincidence at a time runs on the torch
-  reference on CUDA).
+* :func:`triton_dialect`: on blocks of devices inside the Triton update kernels (``p`` and ``c``
+  are tuples there, of float64 blocks and scalars; ``take`` selects from a tuple).
 
 ``ops.ONE`` is the float32 one of the folded constant-step response (:func:`~rpusim.devices.
 constant_step.step_n`), which stays in float32 as it always was.
 
-Both evaluate the response in float64 and the caller rounds the new weight to float32 once, so
-the two agree bit for bit as long as ``exp``/``log``/``pow`` agree in float64 (torch's and the C
-library's are within an ulp of each other in float64; such a difference reaches the float32
-result only if it straddles a float32 rounding boundary, about one evaluation in 2**28).
+All three evaluate the response in float64 and the caller rounds the new weight to float32
+once, so they agree bit for bit as long as ``exp``/``pow`` agree in float64 (torch's, the C
+library's, numpy's and CUDA's libdevice are within an ulp or two of each other in float64; such a
+difference reaches the float32 result only if it straddles a float32 rounding boundary, about
+one evaluation in 2**28).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def pulsed_update(
         if w.device.type == "cpu":
             backend = "numba"
         else:
-            compiled = w.device.type == "cuda" and triton_installed() and dev.model.FOLDS
+            compiled = w.device.type == "cuda" and triton_installed()
             backend = "triton" if compiled else "torch"
     if backend == "torch":
         pulsed_update_reference(w, x, d, lr, dev, cfg, dw_min, key)

@@ -11,6 +11,16 @@ The GPU counterpart of :mod:`rpusim.update.numba`, in two passes per chunk of pa
   and bounds in registers and loops over the chunk's pairs, reading only two words and two
   signs per line and pair. A pair in which no row (or no column) of the tile fired, as for most
   pairs of the small errors of a trained network, costs two loads and two reductions.
+  A model that folds (constant step) applies a device's ``n`` coincidences as one step
+  (``step_n``); any other model runs :func:`_apply_steps_kernel`, which applies them one at a
+  time, ``n`` calls of the model's ``step`` with a fresh normal and a clip after each.
+
+The device physics stays in the device module: the kernels receive the model's response as a
+Triton function, compiled from its one source with Triton's ``ops``
+(:mod:`rpusim.devices.ops_triton`; :func:`response`, :func:`folded_response`), and its
+parameters as tuples (``p[q]`` a float64 block of devices, ``c[q]`` a float64 scalar), loaded by
+functions generated from their number (:func:`param_loader`, :func:`const_loader`). Nothing here
+is written per model: a new device module runs here as it is.
 
 Pairs are processed in chunks of at most ``CHUNK``, so the scratch memory is
 ``CHUNK * (in + out)`` words whatever ``K``: never a ``(K, out, in)`` or ``(K, BL, in)`` array.
@@ -24,7 +34,12 @@ Exactness, as in the numba twin:
   spread on the host in the reference's float32 (``std * sqrt(n)`` for every possible ``n``);
 * the float32 arithmetic is the reference's, in its order (``(std * sqrt(n)) * z``, ``n + .``,
   ``dw * .``, ``w + s * .``, clip), launched with :data:`IEEE_F32`: by default Triton contracts
-  ``a * b + c`` to one FMA, which rounds once instead of twice.
+  ``a * b + c`` to one FMA, which rounds once instead of twice;
+* one coincidence at a time, the response is evaluated in float64 as in the reference (the
+  parameters widened from float32, the constants float64), rounded to float32 once, then
+  clipped; its ``m``-th normal is the table entry of ``mix32(h ^ m)``
+  (:func:`rpusim.rng.coincidence_hash`). ``exp`` and ``pow`` are the one place where the bits
+  can differ from torch's: see :mod:`rpusim.devices.ops_triton`.
 
 The kernels are plain Triton: under ``TRITON_INTERPRET=1`` (set before triton is first
 imported) they run on CPU tensors through Triton's interpreter, which is how the test suite
@@ -33,6 +48,7 @@ checks them on a machine without a GPU.
 
 from __future__ import annotations
 
+import linecache
 from functools import cache
 
 import torch
@@ -194,6 +210,103 @@ def _apply_kernel(
     tl.store(w_ptr + at, w, mask=inside)
 
 
+@triton.jit
+def _apply_steps_kernel(
+    w_ptr, x_ptr, d_ptr, col_word_ptr, row_word_ptr,
+    params_ptr, consts_ptr, w_min_ptr, w_max_ptr,
+    table_ptr, c2c_base_ptr, c2c_col_seed_ptr,
+    k0, k1, n_out, n_in,
+    BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr,
+    LOAD_PARAMS: tl.constexpr, LOAD_CONSTS: tl.constexpr, STEP: tl.constexpr,
+):  # fmt: skip
+    """Pass 2 for a model that does not fold: the pairs ``k0 <= k < k1``, in order, one
+    coincidence at a time, to one tile of devices.
+
+    As :func:`_apply_kernel`, but device ``ij`` with ``n`` coincidences in pair ``k`` takes ``n``
+    steps: the ``m``-th (``m = 0 .. n-1``) is the model's response ``STEP`` in float64 with its
+    own normal (the table entry of ``mix32(h ^ m)``, ``h`` the device's hash in this pair),
+    rounded to float32 and clipped to the device's bounds. params: ``(P, out, in)`` float32,
+    the model's ``PARAMS``; consts: ``(C,)`` float64, its ``CONSTS``. ``LOAD_PARAMS`` /
+    ``LOAD_CONSTS`` (:func:`param_loader`, :func:`const_loader`) load them as tuples of float64
+    blocks / scalars, once per program; ``STEP`` is :func:`response`.
+    """
+    rows = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_in, col_in = rows < n_out, cols < n_in
+    at = rows[:, None].to(tl.int64) * n_in + cols[None, :]
+    inside = row_in[:, None] & col_in[None, :]
+    w = tl.load(w_ptr + at, mask=inside, other=0.0)
+    w_min = tl.load(w_min_ptr + at, mask=inside, other=0.0)
+    w_max = tl.load(w_max_ptr + at, mask=inside, other=0.0)
+    lo, hi = w_min.to(tl.float64), w_max.to(tl.float64)
+    p = LOAD_PARAMS(params_ptr, at, inside, n_out.to(tl.int64) * n_in)
+    c = LOAD_CONSTS(consts_ptr)
+    c2c_base = tl.load(c2c_base_ptr).to(tl.uint32)
+    c2c_col_seed = tl.load(c2c_col_seed_ptr + cols, mask=col_in, other=0).to(tl.uint32)
+    for k in range(k0, k1):
+        kk = k - k0
+        row_word = tl.load(row_word_ptr + kk * n_out + rows, mask=row_in, other=0)
+        col_word = tl.load(col_word_ptr + kk * n_in + cols, mask=col_in, other=0)
+        if (tl.max(row_word, axis=0) != 0) & (tl.max(col_word, axis=0) != 0):
+            d_k = tl.load(d_ptr + tl.cast(k, tl.int64) * n_out + rows, mask=row_in, other=0.0)
+            x_k = tl.load(x_ptr + tl.cast(k, tl.int64) * n_in + cols, mask=col_in, other=0.0)
+            count = _popcount64(row_word[:, None] & col_word[None, :]).to(tl.int32)
+            up = (d_k > 0.0)[:, None] != (x_k > 0.0)[None, :]
+            dev_seed = _mix32(c2c_base ^ (tl.cast(k, tl.uint32) * n_out + rows.to(tl.uint32)))
+            h = _mix32(dev_seed[:, None] ^ c2c_col_seed[None, :])
+            for m in range(0, tl.max(tl.max(count, axis=1), axis=0)):
+                hit = count > m
+                g = _mix32(h ^ tl.cast(m, tl.uint32))
+                z = tl.load(table_ptr + (g >> 16), mask=hit, other=0.0).to(tl.float64)
+                v = STEP(w.to(tl.float64), up, hi, lo, p, c, z).to(tl.float32)
+                v = tl.where(w_min > v, w_min, v)
+                v = tl.where(w_max < v, w_max, v)
+                w = tl.where(hit, v, w)
+    tl.store(w_ptr + at, w, mask=inside)
+
+
+def _generated(name: str, source: str):
+    """The Triton function ``name`` of ``source`` (Triton compiles from a function's source, so
+    the text is registered with :mod:`linecache` under a file name of its own)."""
+    filename = f"<rpusim.update.triton {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    scope = {"tl": tl}
+    exec(compile(source, filename, "exec"), scope)
+    return triton.jit(scope[name])
+
+
+@cache
+def param_loader(n_params: int):
+    """A Triton function ``(ptr, at, mask, plane) -> p``: the tuple of the ``n_params`` per-device
+    parameters of a block of devices, ``p[q]`` the float64 block ``params[q]`` at offsets ``at``
+    (``plane``: elements per parameter). Generated from the count: one per length of a model's
+    ``PARAMS``, none written per model."""
+    name = f"load_params_{n_params}"
+    loads = "".join(
+        f"        tl.load(ptr + ({q} * plane + at), mask=mask, other=0.0).to(tl.float64),\n"
+        for q in range(n_params)
+    )
+    return _generated(name, f"def {name}(ptr, at, mask, plane):\n    return (\n{loads}    )\n")
+
+
+@cache
+def const_loader(n_consts: int):
+    """A Triton function ``ptr -> c``: the tuple of the ``n_consts`` float64 constants at ``ptr``
+    (a model's ``CONSTS``; their number may depend on the config, as the nodes of the
+    piecewise step do)."""
+    name = f"load_consts_{n_consts}"
+    loads = "".join(f"        tl.load(ptr + {q}),\n" for q in range(n_consts))
+    return _generated(name, f"def {name}(ptr):\n    return (\n{loads}    )\n")
+
+
+@cache
+def response(kind: str):
+    """The model's ``step`` with Triton's ``ops``, as a Triton function (one per model)."""
+    fn = bind(MODELS[kind].step, triton_dialect())
+    fn.__globals__["tl"] = tl  # Triton looks for its language among a function's globals
+    return triton.jit(fn)
+
+
 @cache
 def folded_response(kind: str):
     """The model's ``step_n`` with Triton's ``ops``, as a Triton function (one per model)."""
@@ -227,11 +340,6 @@ def pulsed_update_triton(
     device tile of pass 2 (powers of 2); the result does not depend on it.
     """
     check_args(w, x, d, dev, key)
-    if not dev.model.FOLDS:
-        raise NotImplementedError(
-            f"the Triton update has no one-at-a-time path yet: device kind {dev.kind!r} runs on "
-            "the torch reference on CUDA (backend 'auto' does so)"
-        )
     on = w.device
     if on.type == "cpu" and not interpreted():
         raise ValueError("the Triton update needs CUDA tensors (or TRITON_INTERPRET=1)")
@@ -243,7 +351,6 @@ def pulsed_update_triton(
     a, b, bl = a.to(on), b.to(on), bl.to(on, torch.int32)
     x_c, d_c = x.detach().contiguous(), d.detach().contiguous()
     w_c = w if w.is_contiguous() else w.contiguous()
-    dw_up, dw_down = dev.dw_up.contiguous(), dev.dw_down.contiguous()
     w_min, w_max = dev.w_min.contiguous(), dev.w_max.contiguous()
 
     col_base = rng.stream_base(key, rng.STREAM_COL)
@@ -254,10 +361,20 @@ def pulsed_update_triton(
     row_seed = rng.line_seeds(row_base, n_out, on)
     c2c_col_seed = rng.line_seeds(c2c_base, n_in, on)
     table = rng.normal_table(str(on))
-    # std * sqrt(n) for every possible count, the reference's float32 product (on the host).
-    c2c_std = torch.tensor(dev.dw_min_std, dtype=torch.float32)
-    std_sqrt = (c2c_std * sqrt_counts()).to(on)
-    noisy = dev.dw_min_std != 0.0
+    folds = dev.model.FOLDS
+    if folds:
+        dw_up, dw_down = dev.dw_up.contiguous(), dev.dw_down.contiguous()
+        # std * sqrt(n) for every possible count, the reference's float32 product (on the host).
+        c2c_std = torch.tensor(dev.dw_min_std, dtype=torch.float32)
+        std_sqrt = (c2c_std * sqrt_counts()).to(on)
+        noisy = dev.dw_min_std != 0.0
+    else:
+        # What the reference's one-at-a-time path passes to the response (float64 constants).
+        params = dev.params.contiguous()
+        consts = torch.tensor(dev.consts, dtype=torch.float64, device=on)
+        loaders = dict(
+            LOAD_PARAMS=param_loader(params.shape[0]), LOAD_CONSTS=const_loader(len(dev.consts))
+        )
 
     chunk = min(CHUNK, n_pairs)
     col_word = torch.empty((chunk, n_in), dtype=torch.uint64, device=on)
@@ -274,12 +391,20 @@ def pulsed_update_triton(
                 v, scale, bl, base, seed, words, k0, v.shape[1],
                 BLOCK=BLOCK_LINES, **IEEE_F32,
             )  # fmt: skip
-        _apply_kernel[tiles](
-            w_c, x_c, d_c, col_word, row_word, dw_up, dw_down, w_min, w_max,
-            std_sqrt, table, bases[2:3], c2c_col_seed, k0, k1, n_out, n_in,
-            NOISY=noisy, BLOCK_J=block_rows, BLOCK_I=block_cols,
-            STEP_N=folded_response(dev.kind), **IEEE_F32,
-        )  # fmt: skip
+        if folds:
+            _apply_kernel[tiles](
+                w_c, x_c, d_c, col_word, row_word, dw_up, dw_down, w_min, w_max,
+                std_sqrt, table, bases[2:3], c2c_col_seed, k0, k1, n_out, n_in,
+                NOISY=noisy, BLOCK_J=block_rows, BLOCK_I=block_cols,
+                STEP_N=folded_response(dev.kind), **IEEE_F32,
+            )  # fmt: skip
+        else:
+            _apply_steps_kernel[tiles](
+                w_c, x_c, d_c, col_word, row_word, params, consts, w_min, w_max,
+                table, bases[2:3], c2c_col_seed, k0, k1, n_out, n_in,
+                BLOCK_J=block_rows, BLOCK_I=block_cols, STEP=response(dev.kind),
+                **loaders, **IEEE_F32,
+            )  # fmt: skip
     if w_c is not w:
         w.copy_(w_c)
 
