@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from functools import cache
 from types import FunctionType
 
@@ -88,10 +89,35 @@ def _line_seeds(base, n_lines):
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _mix32_u32(h):
+    """:func:`rpusim.rng.mix32` on uint32 (every product wraps mod 2**32: the same bits as the
+    masked int64 products), so that a loop of it vectorizes with 32-bit multiplies."""
+    h = np.uint32(h ^ (h >> np.uint32(15)))
+    h = np.uint32(h * np.uint32(rng.C1))
+    h = np.uint32(h ^ (h >> np.uint32(12)))
+    h = np.uint32(h * np.uint32(rng.C2))
+    return np.uint32(h ^ (h >> np.uint32(15)))
+
+
 @njit(cache=True, nogil=True)
-def _fire_words(slot_seed, n_slots, line_seed, prob, words):
+def _fire_threshold(prob):
+    """The integer form of ``u < prob`` for ``u = m 2**-24``, ``m = h >> 8``: ``m < thr``.
+
+    ``m`` is an integer and ``prob * 2**24`` exact in float64, so ``u < prob`` exactly when
+    ``m < ceil(prob * 2**24)``; capped at ``2**24`` (``prob >= 1`` fires in every slot), 0 for
+    ``prob <= 0`` or NaN (never fires).
+    """
+    if not prob > _ZERO:
+        return np.uint32(0)
+    return np.uint32(min(math.ceil(np.float64(prob) * 16777216.0), 16777216.0))
+
+
+@njit(cache=True, nogil=True)
+def _fire_words(slot_seed, n_slots, line_seed, thr, words):
     """Pack each line's pulse train into a word: bit ``t`` of ``words[l]`` is set when line
-    ``l`` fires in slot ``t``, i.e. when ``u(slot_seed[t], line_seed[l]) < prob[l]``.
+    ``l`` fires in slot ``t``, i.e. when ``u(slot_seed[t], line_seed[l]) < prob[l]``, computed
+    as ``hash >> 8 < thr[l]`` (:func:`_fire_threshold`; ``line_seed`` uint32).
 
     Lines run along the inner loop, which vectorizes. ``prob >= 1`` fires in every slot and
     ``prob = 0`` in none, exactly as in the reference (``0 <= u < 1``).
@@ -100,11 +126,11 @@ def _fire_words(slot_seed, n_slots, line_seed, prob, words):
     for line in range(n_lines):
         words[line] = np.uint64(0)
     for t in range(n_slots):
-        slot = slot_seed[t]
+        slot = np.uint32(slot_seed[t])
         bit = np.uint64(1) << np.uint64(t)
         for line in range(n_lines):
-            u = np.float32(mix32_compiled(slot ^ line_seed[line]) >> 8) * _U24
-            words[line] |= bit if u < prob[line] else np.uint64(0)
+            m = _mix32_u32(np.uint32(slot ^ line_seed[line])) >> np.uint32(8)
+            words[line] |= bit if m < thr[line] else np.uint64(0)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -131,15 +157,15 @@ def _pulse_pass(
             row_word[kk, :] = np.uint64(0)
             continue
         slot_seed = np.empty(n_slots, np.int64)
-        p = np.empty(n_in, np.float32)
+        p = np.empty(n_in, np.uint32)
         for i in range(n_in):
-            p[i] = min(_ONE, ak * abs(x[k, i]))
+            p[i] = _fire_threshold(min(_ONE, ak * abs(x[k, i])))
         for t in range(n_slots):
             slot_seed[t] = mix32_compiled(col_base ^ (k * rng.MAX_BL + t))
         _fire_words(slot_seed, n_slots, col_seed, p, col_word[kk])
-        q = np.empty(n_out, np.float32)
+        q = np.empty(n_out, np.uint32)
         for j in range(n_out):
-            q[j] = min(_ONE, bk * abs(d[k, j]))
+            q[j] = _fire_threshold(min(_ONE, bk * abs(d[k, j])))
         for t in range(n_slots):
             slot_seed[t] = mix32_compiled(row_base ^ (k * rng.MAX_BL + t))
         _fire_words(slot_seed, n_slots, row_seed, q, row_word[kk])
@@ -335,8 +361,8 @@ def pulsed_update_numba(
     col_base = rng.stream_base(key, rng.STREAM_COL)
     row_base = rng.stream_base(key, rng.STREAM_ROW)
     c2c_base = rng.stream_base(key, rng.STREAM_C2C)
-    col_seed = _line_seeds(col_base, n_in)
-    row_seed = _line_seeds(row_base, n_out)
+    col_seed = _line_seeds(col_base, n_in).astype(np.uint32)
+    row_seed = _line_seeds(row_base, n_out).astype(np.uint32)
     c2c_col_seed = _line_seeds(c2c_base, n_in)
     table = rng.normal_table_numpy()
     c2c_std = np.float32(dev.dw_min_std)
