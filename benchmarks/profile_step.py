@@ -6,9 +6,10 @@ one torch and one numba thread, each as the median of ``--repeats`` timings:
 * ``step``: one whole ``train_step`` (forward, backward, pulsed update of every tile);
 * ``torch``: torch's own ``nn.LSTM`` + ``Linear`` + SGD step of the same shape (the floor);
 * ``update``: each tile's pulsed update with the pairs of a real step (``apply_update``);
-* ``reads' matmuls``: the matrix products the step's reads do (per layer and time step one
-  forward product ``z_t W^T`` and one backward product ``da_t W``; the output layer's two), replayed
-  alone with the same shapes and the same torch calls;
+* ``reads' matmuls``: the matrix products the step's reads do (the split reads of
+  ``docs/model.md`` section 7.1: per layer and time step one forward product of ``[h; 1]`` and
+  one backward product for ``dh``, per layer and sequence the input part and ``dx`` products;
+  the output layer's two), replayed alone with the same shapes;
 * ``rest``: the remainder, the periphery and cell kernels, random draws and the Python loop.
 
 The ensemble bound. A batched ensemble (R runs of one shape stepped together, one ``bmm`` per
@@ -38,13 +39,19 @@ from rpusim.model import CharLSTM
 VOCAB, SEQ = 87, 100
 
 
+#: How time is measured (``--clock``): wall time, or this thread's CPU time (on a machine that
+#: other jobs share, the time spent waiting for a core is not counted: the cost of the step).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = CLOCKS["wall"]
+
+
 def _median_s(fn, repeats: int) -> float:
     fn()  # warm-up (compiles, fills caches)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -76,31 +83,43 @@ def profile(hidden: int, batch: int, replicas: int, repeats: int) -> dict[str, f
     seconds = []  # each tile's update with the pairs of one real step (its pass not timed)
     for _ in range(repeats):
         model.forward_backward(inputs, targets, state)
-        t0 = time.perf_counter()
+        t0 = clock()
         for layer in layers:
             layer.apply_update(1.0)
-        seconds.append(time.perf_counter() - t0)
+        seconds.append(clock() - t0)
     out["update"] = statistics.median(seconds)
 
     shapes = [tuple(layer.tile.get_weights().shape) for layer in model.lstm.layers]
 
     def matmuls(r: int):
-        """The reads' products of one step for ``r`` replicas at once (buffers made here)."""
-        # Per LSTM layer and time step: forward (B, in) x (in, out), backward (B, out) x (out, in);
-        # the output layer reads all T*B rows at once, both ways.
+        """The reads' products of one step for ``r`` replicas at once (buffers made here), as
+        the split reads do them (``docs/model.md`` section 7.1): per LSTM layer and time step
+        forward ``q([h; 1]) [W_h, w_bias]^T``, backward ``q(d) W_h``, both on contiguous blocks;
+        per layer and sequence the input part ahead and the ``dx`` outputs after the loop (the
+        first layer's one-hot input part is a column gather, and its ``dx`` is not needed);
+        the output layer reads all T*B rows at once, both ways."""
         bufs = []
-        for n_out, n_in in shapes:
-            w = torch.randn(r, n_out, n_in)
-            bufs.append((w, torch.randn(r, batch, n_in), torch.randn(r, batch, n_out)))
+        for k, (n_out, n_in) in enumerate(shapes):
+            h = n_out // 4
+            n = n_in - h - 1
+            w_hb_t, w_h = torch.randn(r, h + 1, n_out), torch.randn(r, n_out, h)
+            w_x = torch.randn(r, n_out, n) if k > 0 else None
+            z, da = torch.randn(r, batch, h + 1), torch.randn(r, batch, n_out)
+            xs, das = torch.randn(r, SEQ * batch, n), torch.randn(r, SEQ * batch, n_out)
+            bufs.append((w_hb_t, w_h, w_x, z, da, xs, das))
         wd = torch.randn(r, VOCAB, hidden + 1)
         hs, dy = torch.randn(r, SEQ * batch, hidden + 1), torch.randn(r, SEQ * batch, VOCAB)
 
         def run() -> None:
-            for w, z, da in bufs:
-                a, dz, wt = torch.empty_like(da), torch.empty_like(z), w.transpose(1, 2)
+            for w_hb_t, w_h, w_x, z, da, xs, das in bufs:
+                a, dh = torch.empty_like(da), torch.empty(da.shape[0], batch, w_h.shape[2])
+                if w_x is not None:
+                    torch.bmm(xs, w_x.transpose(1, 2))
                 for _ in range(SEQ):
-                    torch.bmm(z, wt, out=a)
-                    torch.bmm(da, w, out=dz)
+                    torch.bmm(z, w_hb_t, out=a)
+                    torch.bmm(da, w_h, out=dh)
+                if w_x is not None:
+                    torch.bmm(das, w_x)
             torch.bmm(hs, wd.transpose(1, 2))
             torch.bmm(dy, wd)
 
@@ -119,14 +138,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--ensemble", type=int, default=16, help="replicas R of the bound")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall or cpu")
     args = parser.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
     if args.ensemble < 1 or args.batch < 1:
         parser.error("--ensemble and --batch must be >= 1")
     torch.set_num_threads(1)
     numba.set_num_threads(1)
     print(
         f"RPU baseline, 2 layers, batch {args.batch}, sequences of {SEQ}; ms per training step "
-        f"(1 torch + 1 numba thread); ensemble bound for R = {args.ensemble}"
+        f"(1 torch + 1 numba thread, {args.clock} time); ensemble bound for R = {args.ensemble}"
     )
     head = ["shape", "torch", "rpusim RPU", "update", "reads' matmuls", "rest"]
     head += ["R-ensemble per replica >=", "speed-up <="]

@@ -398,7 +398,9 @@ def test_compiled_cell_nonlinearities_are_accurate():
 def _periphery_configs():
     """Periphery settings that take every branch of the fused loop: draws ahead of the output
     noise (and their take-back on a bound-management re-read), stochastic rounding, re-reads in
-    both directions, an input side that does nothing, and the ideal periphery."""
+    both directions, an input side that does nothing, and the ideal periphery; split reads
+    (``rpusim.periphery.split``) in both directions (baseline, no_input_side, and backward with
+    stochastic rounding), forward only (bm_both_ways), none (sto_round)."""
     base = BASELINE
     return {
         "baseline": base,
@@ -417,6 +419,9 @@ def _periphery_configs():
                 "forward.out_bound": 0.5,
                 "backward.bound_management": "iterative",
             }
+        ),
+        "sto_round_split_backward": base.override(
+            {"backward.inp_sto_round": True, "forward.out_bound": 0.5}
         ),
         "no_input_side": base.override(
             {
@@ -483,7 +488,7 @@ def test_fused_time_loop_is_bit_identical_to_the_reads_of_the_torch_reference(na
             m.setattr(tile_module, "analog_mvm", functools.partial(analog_mvm, backend="torch"))
             reference = _train_run(cfg, False, B, dropout)
         _assert_identical(fused, reference)
-    if name in ("bm_both_ways", "sto_round"):
+    if name in ("bm_both_ways", "sto_round", "sto_round_split_backward"):
         assert len(rereads) > 20, "bound management was not exercised"
 
 

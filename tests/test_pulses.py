@@ -438,3 +438,31 @@ def test_pair_order_reverse_applies_the_last_pair_first():
     c = AnalogTile(5, 7, RPUConfig(), seed=1)
     c.update(x, d, lr=0.2)
     assert not torch.equal(a.get_weights(), c.get_weights())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"update_management": False},
+        {"bl_management": True},
+        {"um_clip": "d_only"},
+        {"bl_management": True, "um_clip": "d_only", "bl": 31},
+    ],
+)
+def test_compiled_plan_equals_the_torch_plan(overrides):
+    """The numba kernel's pulse scales and bit lengths are pulse_scales' own, bit for bit:
+    small and large updates (saturating ones for d_only), all-zero pairs, lr 0."""
+    from rpusim.update.numba import scales_of
+    from rpusim.update.plan import pulse_scales
+
+    cfg = UpdateConfig(**overrides)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(60, 9, generator=gen) * torch.logspace(-3, 1, 60)[:, None]
+    d = torch.randn(60, 7, generator=gen) * torch.logspace(1, -4, 60)[:, None]
+    x[5], d[9] = 0.0, 0.0
+    for lr in (0.0, 0.01, 3.0):
+        want = pulse_scales(x, d, lr, cfg, 0.001)
+        got = scales_of(x.numpy(), d.numpy(), x, d, lr, cfg, 0.001)
+        for u, v in zip(want, got, strict=True):
+            assert torch.equal(u, torch.from_numpy(v))

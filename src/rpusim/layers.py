@@ -38,6 +38,7 @@ import torch
 
 from rpusim import lstm_loop
 from rpusim.config import RPUConfig
+from rpusim.periphery import split
 from rpusim.tile import AnalogTile, child_seed
 
 # Independent random streams derived from a layer's seed.
@@ -270,6 +271,11 @@ class AnalogLSTMLayer:
         #: periphery, the cell and the next read's input side; ``rpusim.lstm_loop``)
         #: rather than ``tile.forward`` / ``tile.backward`` then the cell. The same bits.
         self.fused = True
+        #: Split the reads in time where that is the same read (``docs/model.md`` section 7.1,
+        #: :mod:`rpusim.periphery.split`): the input part of every forward read before the
+        #: loop, the ``dx`` part of every backward read after it. CPU tiles without a digital
+        #: output scale; ``False``: every read reads the whole tile inside the loop.
+        self.split_reads = True
         self._cache: tuple[torch.Tensor, ...] | None = None
         self._pairs = _Recorder()
         #: ``(dloss/dh_0, dloss/dc_0)`` (each (B, h)) of the last :meth:`backward_sequence`:
@@ -280,6 +286,28 @@ class AnalogLSTMLayer:
         """The compiled time loop applies: the numba cell, ``fused`` on and no digital output
         scale (``mapping.weight_scaling``; the loop reads the array itself)."""
         return self._use_numba() and self.fused and self.tile.out_scale is None
+
+    def _split(self, direction: str) -> bool:
+        """The reads in ``direction`` are split (:attr:`split_reads`)."""
+        if not (self.split_reads and self.device.type == "cpu" and self.tile.out_scale is None):
+            return False
+        _, io, _ = self.tile.read_parts(direction)
+        return split.forward_applies(io) if direction == "forward" else split.backward_applies(io)
+
+    def _forward_reads(self, Z: torch.Tensor):
+        """``read(t)``: the forward read of step ``t`` from ``Z[t]`` (B, n + h + 1) -> (B, 4h),
+        whole (``tile.forward``) or split (:func:`rpusim.periphery.split.forward_read`, the
+        input parts of all steps read here, at once)."""
+        tile, Zs = self.tile, Z.unbind(0)
+        if not self._split("forward"):
+            return lambda t: tile.forward(Zs[t])
+        T, B, n = Z.shape[0] - 1, Z.shape[1], self.n_in
+        W, io, gen = tile.read_parts("forward")
+        blocks = split.blocks(W, n)
+        x = Z[:T].reshape(T * B, -1)[:, :n]
+        alpha, P = split.forward_ahead(blocks, x, io, self.bias)
+        alphas, Ps = alpha.view(T, B, 1).unbind(0), P.view(T, B, -1).unbind(0)
+        return lambda t: split.forward_read(blocks, Zs[t], io, gen, Ps[t], alphas[t])
 
     def _use_numba(self) -> bool:
         if self.cell_backend not in CELL_BACKENDS:
@@ -319,22 +347,23 @@ class AnalogLSTMLayer:
         tile = self.tile
         if self._fused():
             # The same loop as below, one compiled call per step (rpusim.lstm_loop).
-            lstm_loop.forward_sequence(*tile.read_parts("forward"), Z, G, C, TC)
+            parts = tile.read_parts("forward")
+            lstm_loop.forward_sequence(*parts, Z, G, C, TC, self._split("forward"), self.bias)
         elif self._use_numba():
-            Zs = Z.unbind(0)
+            read = self._forward_reads(Z)
             cell = _cell_forward
             Zn, Gn, Cn, TCn = Z.numpy(), G.numpy(), C.numpy(), TC.numpy()
             for t in range(T):
-                a = tile.forward(Zs[t])  # (B, 4h): the one forward read of this step
+                a = read(t)  # (B, 4h): the one forward read of this step
                 cell(a.numpy(), t, n, Gn, Cn, TCn, Zn)
         else:
             # Per-step views made in one call each (indexing in the loop costs ~1 us a view).
-            Zs = Z.unbind(0)
+            read = self._forward_reads(Z)
             Gs, Cs, TCs, Hs = G.unbind(0), C.unbind(0), TC.unbind(0), H.unbind(0)
             gis, gfs = G[..., :h].unbind(0), G[..., h : 2 * h].unbind(0)
             ggs, gos = G[..., 2 * h : 3 * h].unbind(0), G[..., 3 * h :].unbind(0)
             for t in range(T):
-                a = tile.forward(Zs[t])  # (B, 4h): the one forward read of this step
+                a = read(t)  # (B, 4h): the one forward read of this step
                 torch.sigmoid(a, out=Gs[t])
                 torch.tanh(a[:, 2 * h : 3 * h], out=ggs[t])
                 c = Cs[t + 1]
@@ -350,12 +379,14 @@ class AnalogLSTMLayer:
         grad_hs: torch.Tensor,
         grad_hT: torch.Tensor | None = None,
         grad_cT: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        input_grad: bool = True,
+    ) -> torch.Tensor | None:
         """Backpropagation through time over the last :meth:`forward_sequence`.
 
         grad_hs: dloss/dh_t for t = 1..T from above (T, B, h); grad_hT, grad_cT: dloss/dh_T and
         dloss/dc_T from beyond the sequence (B, h), ``None`` = 0 (truncated BPTT). Returns
-        dloss/dx (T, B, n_in), from one backward read per step, and records the T*B pairs
+        dloss/dx (T, B, n_in), from one backward read per step (``None`` with ``input_grad``
+        False: a split read then skips the ``dx`` outputs), and records the T*B pairs
         ``(z_t, da_t)`` for :meth:`apply_update`. Per step, going back in time::
 
             dh  = dloss/dh_t (from above) + [W^T da_{t+1}]_h      (the read of step t + 1)
@@ -389,19 +420,20 @@ class AnalogLSTMLayer:
             # DZ[t] = W^T da_t, DZ[T] = the read of the virtual step T + 1.
             DZ = torch.empty(T + 1, B, n + h + 1, **opts)
             DZ[T] = dz
-            lstm_loop.backward_sequence(*tile.read_parts("backward"), grad_hs, G, C, TC, dc, dA, DZ)
+            parts, split_reads = tile.read_parts("backward"), self._split("backward")
+            lstm_loop.backward_sequence(
+                *parts, grad_hs, G, C, TC, dc, dA, DZ, split_reads, input_grad
+            )
             self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
             self.grad_state = (DZ[0, :, n : n + h], dc)
-            return DZ[:T, :, :n]
-        dAs = dA.unbind(0)
-        dZ: list[torch.Tensor] = [dz] * T
+            return DZ[:T, :, :n] if input_grad else None
+        read, dx_after = self._backward_reads(dA)
         if self._use_numba():
             cell = _cell_backward
             ghn, Gn, Cn, TCn, dcn, dAn = (v.numpy() for v in (grad_hs, G, C, TC, dc, dA))
             for t in range(T - 1, -1, -1):
                 cell(t, ghn, dz.numpy(), n, Gn, Cn, TCn, dcn, dAn)
-                dz = tile.backward(dAs[t])  # (B, n + h + 1) = W^T da_t: the one backward read
-                dZ[t] = dz
+                dz = read(t)  # (B, n + h + 1) = W^T da_t: the one backward read
         else:
             # Vectorised over all steps before the loop: each gate's pre-activation derivative
             # is (its partner in the product) x (the non-linearity's slope), so that in the loop
@@ -426,12 +458,45 @@ class AnalogLSTMLayer:
                 torch.mul(P3s[t], dc.unsqueeze(1), out=dA3s[t])  # da_i, da_f, da_g
                 torch.mul(Pos[t], dh, out=dAos[t])  # da_o
                 dc_next = dc * gfs[t]
-                dz = tile.backward(dAs[t])  # (B, n + h + 1) = W^T da_t: the one backward read
-                dZ[t] = dz
+                dz = read(t)  # (B, n + h + 1) = W^T da_t: the one backward read
             dc = dc_next
         self._pairs.add(Z[:T].reshape(T * B, n + h + 1), dA.view(T * B, 4 * h))
         self.grad_state = (dz[:, n : n + h], dc)
-        return torch.stack(dZ)[:, :, :n]
+        return dx_after() if input_grad else None
+
+    def _backward_reads(self, dA: torch.Tensor):
+        """``(read, dx_after)``: ``read(t)``, the backward read of step ``t`` from ``dA[t]``
+        (B, 4h) -> (B, n + h + 1), called for t = T-1 .. 0; then ``dx_after()``, the ``dx``
+        outputs of every step (T, B, n). Whole reads (``tile.backward``), or split
+        (:func:`rpusim.periphery.split.backward_read`: only the ``dh`` outputs in the loop,
+        the rest 0; :func:`~rpusim.periphery.split.backward_after`)."""
+        tile, dAs = self.tile, dA.unbind(0)
+        T, B, n, h = dA.shape[0], dA.shape[1], self.n_in, self.hidden
+        dZ: list[torch.Tensor | None] = [None] * T
+        if not self._split("backward"):
+
+            def read(t: int) -> torch.Tensor:
+                dZ[t] = tile.backward(dAs[t])
+                return dZ[t]
+
+            return read, lambda: torch.stack(dZ)[:, :, :n]
+        W, io, gen = tile.read_parts("backward")
+        blocks = split.blocks(W, n)
+        kept: list[tuple] = [()] * T
+
+        def read_split(t: int) -> torch.Tensor:
+            dh, kept[t] = split.backward_read(blocks, dAs[t], io, gen)
+            dz = torch.zeros(B, n + h + 1, dtype=dA.dtype, device=dA.device)
+            dz[:, n : n + h] = dh
+            return dz
+
+        def dx_after() -> torch.Tensor:
+            d_q, beta, noise_x = (list(v) for v in zip(*kept, strict=True))
+            noise = None if noise_x[0] is None else torch.cat(noise_x)
+            dx = split.backward_after(blocks, torch.cat(d_q), torch.cat(beta), noise, io)
+            return dx.view(T, B, n)
+
+        return read_split, dx_after
 
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The pairs waiting for the update: ``z`` (K, n_in + h + 1) and ``da`` (K, 4h), K = T*B
@@ -566,10 +631,12 @@ class AnalogLSTM:
         grad_hs: torch.Tensor,
         grad_hT: torch.Tensor | None = None,
         grad_cT: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        input_grad: bool = True,
+    ) -> torch.Tensor | None:
         """grad_hs: dloss/d(output) (T, B, h); grad_hT, grad_cT: (layers, B, h) or ``None``.
 
-        Returns dloss/dx (T, B, n_in). Each layer records its pairs for :meth:`apply_update`.
+        Returns dloss/dx (T, B, n_in), or ``None`` with ``input_grad`` False (the first layer
+        then skips what only dx needs). Each layer records its pairs for :meth:`apply_update`.
         """
         grad = grad_hs
         for k in range(self.num_layers - 1, -1, -1):
@@ -580,6 +647,7 @@ class AnalogLSTM:
                 grad,
                 None if grad_hT is None else grad_hT[k],
                 None if grad_cT is None else grad_cT[k],
+                input_grad=input_grad or k > 0,
             )
         return grad
 

@@ -128,9 +128,14 @@ def cell_backward(t, gh, dz, n, G, C, TC, dc, dA):
 P_OUT, P_NOISE, P_ALPHA, P_SAT, P_U, P_XQ = range(6)  # the read's buffers
 P_G, P_C, P_TC, P_Z = range(6, 10)  # forward: the layer's buffers
 P_GH, P_DC, P_DA, P_DZ = range(10, 14)  # backward: the layer's buffers (and P_G, P_C, P_TC)
+# Split reads (rpusim.periphery.split). Forward: the input parts' sums of every step (T, B, 4h),
+# their assumed scales (T, B), and per step whether the read is split (T,) int64. Backward: the
+# DAC outputs (T, B, 4h) and scales (T, B) of every step, kept for the dx outputs.
+P_AHEAD, P_ALPHA_AHEAD, P_SPLIT, P_XH = range(14, 18)  # P_XH: forward, q([h; 1]) (B, h + 1)
 D_T, D_B, D_N, D_H, D_AHEAD = range(5)  # T, B, n_in of the layer, hidden, noise rows held
 D_OUT_SIDE, D_IN_SIDE, D_NOISE, D_STO, D_BM = range(5, 10)  # the read's mode
 D_DAC, D_ADC = 10, 13  # (nm, clip, quantize) of each side; con: the plan's float32 constants
+D_SPLIT, D_XQ_STRIDE = 16, 17  # the reads are split; backward split: floats per step of XQ
 
 
 @intrinsic
@@ -186,7 +191,7 @@ def forward_step(t, phase, k, ptr, dim, con):
     """
     T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
     out_side, in_side, has_noise = dim[D_OUT_SIDE] != 0, dim[D_IN_SIDE] != 0, dim[D_NOISE] != 0
-    sto, bm = dim[D_STO] != 0, dim[D_BM] != 0
+    sto, bm, split = dim[D_STO] != 0, dim[D_BM] != 0, dim[D_SPLIT] != 0
     dac, adc = _plans(dim, con)
     m, w = 4 * h, n + h + 1
     a = carray(float32_at(ptr[P_OUT]), (B, m))
@@ -195,7 +200,13 @@ def forward_step(t, phase, k, ptr, dim, con):
     C = carray(float32_at(ptr[P_C]), (T + 1, B, h))
     TC = carray(float32_at(ptr[P_TC]), (T, B, h))
     Z = carray(float32_at(ptr[P_Z]), (T + 1, B, w))
+    split_at = carray(_int64_at(ptr[P_SPLIT]), T)
     if t >= 0 and phase != CELL and out_side:
+        if split and split_at[t] != 0:  # the array's sums: the input part's ahead + the rest's
+            ahead = carray(float32_at(ptr[P_AHEAD]), (T, B, m))[t]
+            for b in range(B):
+                for j in range(m):
+                    a[b, j] = ahead[b, j] + a[b, j]
         noise = carray(float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, m))
         sat_rows = carray(_int64_at(ptr[P_SAT]), B)
         n_sat = _output(a, noise, k, adc, alpha, a, sat_rows, has_noise)
@@ -205,10 +216,24 @@ def forward_step(t, phase, k, ptr, dim, con):
         return 0
     if t >= 0:
         cell_forward(a, t, n, G, C, TC, Z)
-    if in_side and t + 1 < T:
+    if t + 1 >= T:
+        return 0
+    x_q = Z[t + 1]  # the matmul reads z_t itself if the input side does nothing
+    if in_side:
         u = carray(float32_at(ptr[P_U]), (B, w))
         x_q = carray(float32_at(ptr[P_XQ]), (B, w))
         _input(Z[t + 1], alpha, u, dac, x_q, sto)
+    if split:
+        if dac[0]:  # split only if the whole input's scale is the one assumed
+            alpha_ahead = carray(float32_at(ptr[P_ALPHA_AHEAD]), (T, B))[t + 1]
+            split_at[t + 1] = 1
+            for b in range(B):
+                if alpha[b] != alpha_ahead[b]:
+                    split_at[t + 1] = 0
+        x_h = carray(float32_at(ptr[P_XH]), (B, h + 1))  # the step's product's input, q([h; 1])
+        for b in range(B):
+            for j in range(h + 1):
+                x_h[b, j] = x_q[b, n + j]
     return 0
 
 
@@ -224,11 +249,13 @@ def backward_step(t, phase, k, ptr, dim, con):
     """
     T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
     out_side, in_side, has_noise = dim[D_OUT_SIDE] != 0, dim[D_IN_SIDE] != 0, dim[D_NOISE] != 0
-    sto, bm = dim[D_STO] != 0, dim[D_BM] != 0
+    sto, bm, split = dim[D_STO] != 0, dim[D_BM] != 0, dim[D_SPLIT] != 0
     dac, adc = _plans(dim, con)
     m, w = 4 * h, n + h + 1
-    alpha = carray(float32_at(ptr[P_ALPHA]), B)
     DZ = carray(float32_at(ptr[P_DZ]), (T + 1, B, w))
+    if split:
+        return _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ)
+    alpha = carray(float32_at(ptr[P_ALPHA]), B)
     if t + 1 < T and phase != CELL:
         z = carray(float32_at(ptr[P_OUT]), (B, w))
         if out_side:
@@ -253,6 +280,101 @@ def backward_step(t, phase, k, ptr, dim, con):
         x_q = carray(float32_at(ptr[P_XQ]), (B, m))
         _input(dA[t], alpha, u, dac, x_q, sto)
     return 0
+
+
+@_jit
+def _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ):
+    """:func:`backward_step` of split reads (:mod:`rpusim.periphery.split`; no bound
+    management): read ``t + 1`` is finished for its ``dh`` outputs only (``z`` (B, h), the
+    array's sums of ``W[:, n:n + h]``, -> ``DZ[t + 1, :, n:n + h]``), and the input side of read
+    ``t`` keeps its DAC output and scale in ``XQ[t]``, ``ALPHA[t]`` for :func:`dx_outputs`."""
+    T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
+    in_side, has_noise, sto = dim[D_IN_SIDE] != 0, dim[D_NOISE] != 0, dim[D_STO] != 0
+    m, w = 4 * h, n + h + 1
+    alpha_all = carray(float32_at(ptr[P_ALPHA]), (T, B))
+    if t + 1 < T and phase != CELL:
+        z = carray(float32_at(ptr[P_OUT]), (B, h))
+        y = DZ[t + 1, :, n : n + h]
+        if has_noise:
+            noise = carray(float32_at(ptr[P_NOISE]), (T, B, w))[k, :, n : n + h]
+            output_side(z, None, noise, adc, alpha_all[t + 1], _ONE, y, None)
+        else:
+            output_side(z, None, None, adc, alpha_all[t + 1], _ONE, y, None)
+    if phase == OUTPUT or t < 0:
+        return 0
+    gh = carray(float32_at(ptr[P_GH]), (T, B, h))
+    G = carray(float32_at(ptr[P_G]), (T, B, m))
+    C = carray(float32_at(ptr[P_C]), (T + 1, B, h))
+    TC = carray(float32_at(ptr[P_TC]), (T, B, h))
+    dc = carray(float32_at(ptr[P_DC]), (B, h))
+    dA = carray(float32_at(ptr[P_DA]), (T, B, m))
+    cell_backward(t, gh, DZ[t + 1], n, G, C, TC, dc, dA)
+    if in_side:
+        u = carray(float32_at(ptr[P_U]), (B, m))
+        x_q = carray(float32_at(ptr[P_XQ] + 4 * dim[D_XQ_STRIDE] * t), (B, m))
+        _input(dA[t], alpha_all[t], u, dac, x_q, sto)
+    return 0
+
+
+@_jit
+def dx_outputs(s, noise, alpha, adc, dz, n):
+    """The ``dx`` outputs of every step's split backward read, after the loop.
+
+    s (T, B, n): the array's sums ``q(d_t / beta_t) W[:, :n]`` of all steps (one product);
+    ``noise`` (T, B, n + h + 1) or None: each read's output noise, in the order of the reads
+    (read ``k`` is step ``T - 1 - k``); alpha (T, B): each step's scale. Writes ``dz[t, :, :n]``
+    (dz (T + 1, B, n + h + 1)) through the output side, element by element.
+    """
+    T = s.shape[0]
+    for t in range(T):
+        y = dz[t, :, :n]
+        if noise is None:
+            output_side(s[t], None, None, adc, alpha[t], _ONE, y, None)
+        else:
+            output_side(s[t], None, noise[T - 1 - t, :, :n], adc, alpha[t], _ONE, y, None)
+
+
+@_jit
+def one_hot_product(x, weights, p):
+    """``p = x W[:, :n]^T`` (N, 4h) for x (N, n) whose rows have at most one nonzero (one-hot
+    inputs): a column of ``W`` times it, the value any order of the product's sums gives (the
+    other terms are exact zeros). Returns False, with ``p`` unwritten, if a row has more."""
+    N, n = x.shape
+    col = np.empty(N, np.int64)
+    for r in range(N):
+        col[r] = -1
+        for i in range(n):
+            if x[r, i] != 0:
+                if col[r] >= 0:
+                    return False
+                col[r] = i
+    for r in range(N):
+        c = col[r]
+        for j in range(p.shape[1]):
+            p[r, j] = np.float32(0.0) if c < 0 else x[r, c] * weights[j, c]
+    return True
+
+
+@_jit
+def input_ahead(x, bias, alpha, dac, x_q):
+    """The DAC of the input parts of every step's forward read, before the loop.
+
+    x (N, n): the inputs ``x_t`` of all steps; writes alpha (N,), with noise management, the
+    scale :func:`rpusim.periphery.split.input_scale` assumes (``max(max|x|, 1)`` with the bias
+    input 1, ``bias`` True, else ``max|x|``; a NaN wins), and x_q (N, n) = DAC(clip(x / alpha))
+    as :func:`~rpusim.periphery.numba.input_side` converts these elements in a whole read.
+    """
+    N, n = x.shape
+    if dac[0]:
+        for r in range(N):
+            a = _ONE if bias else np.float32(0.0)
+            for j in range(n):
+                v = abs(x[r, j])
+                if v > a or v != v:
+                    a = v
+            alpha[r] = a
+    rows = np.arange(N)
+    input_side(x, rows, alpha, _ONE, None, dac, x_q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +416,10 @@ class _Loop:
     of reads are taken in one call: the same numbers. A bound-management re-read draws between
     two reads: the generator is then put back to before the draw ahead, and the draws up to this
     read are taken again (the same numbers), so that the re-read draws what the reference does.
+
+    ``split`` (:mod:`rpusim.periphery.split`): forward, the per-step flags and the input parts'
+    buffers; backward, every read's DAC output, scale and output noise are kept (``noise_t``
+    then holds all ``T`` reads, read ``k`` at ``k``) for the ``dx`` outputs after the loop.
     """
 
     def __init__(
@@ -305,6 +431,7 @@ class _Loop:
         n: int,
         h: int,
         forward: bool,
+        split: bool = False,
     ) -> None:
         n_in, n_out = (n + h + 1, 4 * h) if forward else (4 * h, n + h + 1)
         p = plan_of(io)
@@ -313,26 +440,41 @@ class _Loop:
         self.in_side = not (ideal or p.identity_input)  # else the matmul reads x itself
         self.noise_on = p.noise and not ideal
         self.sto = p.sto and not ideal
+        self.keep = split and not forward  # the backward split keeps every read's draws
         self.ahead = 1  # reads whose output noise is drawn at once
         numel = B * n_out
         if self.noise_on and not self.sto and generator is not None and _normal_draws_split(numel):
             self.ahead = max(1, min(T, NOISE_AHEAD // numel))
-        self.out_t = torch.empty(B, n_out)  # the matmul's output
-        self.x_q_t = torch.empty(B, n_in)  # the DAC's output, the matmul's input
+        kept = T if self.keep else 1
+        # The matmul's output: the backward split's sums of the dh outputs only.
+        self.out_t = torch.empty(B, h if self.keep else n_out)
+        # The DAC's output, the matmul's input; kept for every step, each step's rows start on
+        # a 64-byte boundary (as a tensor of their own would: the product's speed, and with
+        # some BLAS its rounding, depend on it).
+        self.xq_stride = -(-B * n_in // 16) * 16 if self.keep else B * n_in
+        self.x_q_t = torch.empty(kept, self.xq_stride)
+        self.x_qs = self.x_q_t.as_strided((kept, B, n_in), (self.xq_stride, n_in, 1)).unbind(0)
+        self.x_h = torch.empty(B, h + 1)  # forward split: q([h_{t-1}; 1]), the step's input
         self.u_t = torch.empty(B, n_in)  # stochastic rounding's uniforms
-        self.noise_t = torch.empty(self.ahead, B, n_out)
-        self.alpha = np.empty(B, np.float32)
+        self.noise_t = torch.empty(T if self.keep else self.ahead, B, n_out)
+        self.noise_rows = self.noise_t.unbind(0) if self.keep and self.ahead == 1 else None
+        self.alpha = np.ones((kept, B), np.float32)
         self.sat_rows = np.empty(B, np.int64)
+        self.split_at = np.ones(T, np.int64)  # forward: read t is split
         self.k0 = self.k1 = 0  # the noise of reads k0 <= k < k1 is in noise_t[0 .. k1 - k0)
         self.state: torch.Tensor | None = None  # the generator before that draw
 
-        self.ptr = np.zeros(14, np.int64)
+        self.ptr = np.zeros(18, np.int64)
         self.hold({P_OUT: self.out_t, P_NOISE: self.noise_t, P_U: self.u_t, P_XQ: self.x_q_t})
+        self.hold({P_XH: self.x_h})
         self.ptr[P_ALPHA], self.ptr[P_SAT] = self.alpha.ctypes.data, self.sat_rows.ctypes.data
+        self.ptr[P_SPLIT] = self.split_at.ctypes.data
         bm = p.bm and p.max_bm_factor > 1 and not ideal
         mode = (not ideal, self.in_side, self.noise_on, self.sto, bm)
         flags = (p.dac[0], p.dac[1], p.dac[3], p.adc[0], p.adc[2], p.adc[4])
-        self.dim = np.array([T, B, n, h, self.ahead, *mode, *flags], np.int64)
+        self.dim = np.array(
+            [T, B, n, h, self.ahead, *mode, *flags, split, self.xq_stride], np.int64
+        )
         self.con = np.array([*p.dac[2:3], *p.dac[4:], p.adc[1], p.adc[3], *p.adc[5:]], np.float32)
 
     def hold(self, tensors: dict[int, torch.Tensor]) -> None:
@@ -354,8 +496,14 @@ class _Loop:
         n = min(self.ahead, self.T - k)
         if self.ahead > 1:
             self.state = self.generator.get_state()
-        (self.noise_t if n == self.ahead else self.noise_t[:n]).normal_(generator=self.generator)
-        self.k0, self.k1 = k, k + n
+        if self.noise_rows is not None:  # one read's: into its row of all T
+            rows = self.noise_rows[k]
+        elif self.keep:
+            rows = self.noise_t[k : k + n]
+        else:
+            rows = self.noise_t if n == self.ahead else self.noise_t[:n]
+        rows.normal_(generator=self.generator)
+        self.k0, self.k1 = 0 if self.keep else k, k + n
 
     def reread(self, k: int, x: torch.Tensor, matrix: torch.Tensor, y: np.ndarray, n: int):
         """Bound management of read ``k``: its ``n`` saturated rows (``sat_rows``) read again
@@ -364,7 +512,8 @@ class _Loop:
             self.generator.set_state(self.state)
             self.noise_t[: k + 1 - self.k0].normal_(generator=self.generator)
             self.k1 = k + 1
-        reread_saturated(x, matrix, self.plan, self.generator, self.alpha, self.sat_rows, n, y)
+        alpha = self.alpha[0]
+        reread_saturated(x, matrix, self.plan, self.generator, alpha, self.sat_rows, n, y)
 
 
 def forward_sequence(
@@ -375,26 +524,50 @@ def forward_sequence(
     G: torch.Tensor,
     C: torch.Tensor,
     TC: torch.Tensor,
+    split: bool = False,
+    bias: bool = True,
 ) -> None:
     """The forward time loop of :class:`~rpusim.layers.AnalogLSTMLayer`, bit for bit.
 
     weights (4h, n + h + 1), read through the periphery ``io`` with ``generator`` (the tile's).
     Z (T + 1, B, n + h + 1) holds ``x_t``, ``h_0`` and the constant 1 (the rest is written:
     ``Z[t + 1, :, n:n + h] = h_t``); C[0] = c_0; writes G (T, B, 4h), C[1:], TC (T, B, h).
+    ``split``: the reads of :func:`rpusim.periphery.split.forward_read`, the input parts of all
+    steps (``x_t``; ``bias``: the bias input is 1, not 0) read before the loop.
     """
     T, B, m = G.shape
     h = C.shape[2]
-    loop = _Loop(io, generator, T, B, Z.shape[2] - h - 1, h, forward=True)
+    n = Z.shape[2] - h - 1
+    loop = _Loop(io, generator, T, B, n, h, forward=True, split=split)
     loop.hold({P_G: G, P_C: C, P_TC: TC, P_Z: Z})
     ptr, dim, con, sto, noise_on = loop.ptr, loop.dim, loop.con, loop.sto, loop.noise_on
-    matrix, a_t, x_q_t = weights.t(), loop.out_t, loop.x_q_t
+    matrix, a_t, x_q_t = weights.t(), loop.out_t, loop.x_qs[0]
     Zs = None if loop.in_side else Z.unbind(0)  # the matmul reads z_t itself
+    split_at, x_h = loop.split_at, loop.x_h
+    if split:
+        # The input parts of all steps, converted and read at once (one product).
+        x = Z[:T].view(T * B, n + h + 1)[:, :n]
+        if loop.in_side:
+            x_q = torch.empty(T * B, n)
+            alpha = torch.ones(T * B)
+            input_ahead(x.numpy(), bias, alpha.numpy(), loop.plan.dac, x_q.numpy())
+            loop.hold({P_ALPHA_AHEAD: alpha})
+        else:
+            x_q = x
+        ahead = torch.empty(T * B, m)
+        if not one_hot_product(x_q.numpy(), weights.numpy(), ahead.numpy()):
+            torch.mm(x_q, weights[:, :n].t(), out=ahead)
+        loop.hold({P_AHEAD: ahead})
+        w_hb_t = torch.empty(h + 1, m).copy_(weights[:, n:].t())  # [W_h, w_bias]^T (blocks)
     step, mm, phase = forward_step, torch.mm, OUTPUT if sto else BOTH
     if sto:
         loop.draw_uniforms()
     step(-1, CELL, 0, ptr, dim, con)  # the input side of read 0
     for t in range(T):
-        mm(x_q_t if Zs is None else Zs[t], matrix, out=a_t)
+        if split and split_at[t]:
+            mm(x_h, w_hb_t, out=a_t)
+        else:
+            mm(x_q_t if Zs is None else Zs[t], matrix, out=a_t)
         if noise_on and t >= loop.k1:
             loop.draw_noise(t)
         k = t - loop.k0
@@ -418,6 +591,8 @@ def backward_sequence(
     dc: torch.Tensor,
     dA: torch.Tensor,
     DZ: torch.Tensor,
+    split: bool = False,
+    input_grad: bool = True,
 ) -> None:
     """The backward time loop of :class:`~rpusim.layers.AnalogLSTMLayer`, bit for bit.
 
@@ -425,14 +600,19 @@ def backward_sequence(
     (updated in place); DZ (T + 1, B, n + h + 1): ``DZ[T]`` holds dloss/dh_T from beyond the
     sequence in ``[:, n:n + h]`` (zeros elsewhere). Writes dA[t] = da_t and DZ[t] = W^T da_t (the
     backward read of step t) for t < T, reading back through ``io`` with ``generator``.
+    ``split``: the reads of :func:`rpusim.periphery.split.backward_read` (only ``DZ[t, :, n:]``'s
+    ``dh`` part inside the loop) and, with ``input_grad``, the ``dx`` parts ``DZ[:T, :, :n]``
+    after it (:func:`~rpusim.periphery.split.backward_after`); the bias output is not written.
     """
     T, B, m = G.shape
     h = dc.shape[1]
-    loop = _Loop(io, generator, T, B, DZ.shape[2] - h - 1, h, forward=False)
+    n = DZ.shape[2] - h - 1
+    loop = _Loop(io, generator, T, B, n, h, forward=False, split=split)
     loop.hold({P_GH: grad_hs, P_G: G, P_C: C, P_TC: TC, P_DC: dc, P_DA: dA, P_DZ: DZ})
     ptr, dim, con, sto, noise_on = loop.ptr, loop.dim, loop.con, loop.sto, loop.noise_on
-    matrix, z_t, x_q_t = weights, loop.out_t, loop.x_q_t
+    matrix, z_t = weights[:, n:-1].contiguous() if split else weights, loop.out_t
     dAs = None if loop.in_side else dA.unbind(0)  # the matmul reads da_t itself
+    x_qs = loop.x_qs if split else loop.x_qs * T
     step, mm, phase = backward_step, torch.mm, OUTPUT if sto else BOTH
     k = 0  # where the last read's output noise is in the noise buffer
     for t in range(T - 1, -1, -1):
@@ -444,13 +624,19 @@ def backward_sequence(
             if sto:
                 loop.draw_uniforms()
             step(t, CELL, k, ptr, dim, con)
-        mm(x_q_t if dAs is None else dAs[t], matrix, out=z_t)
+        mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
         if noise_on and T - 1 - t >= loop.k1:
             loop.draw_noise(T - 1 - t)
         k = T - 1 - t - loop.k0
     n_sat = step(-1, OUTPUT, k, ptr, dim, con)  # finish read 0
     if n_sat:
         loop.reread(T - 1, dA[0], matrix, DZ[0].numpy(), n_sat)
+    if split and input_grad:
+        # The dx outputs of every read: one product, then each element's noise and ADC.
+        d_q = loop.x_q_t[:, : B * m].reshape(T * B, m) if dAs is None else dA.view(T * B, m)
+        s = torch.mm(d_q, weights[:, :n]).view(T, B, n)
+        noise = loop.noise_t.numpy() if noise_on else None
+        dx_outputs(s.numpy(), noise, loop.alpha, loop.plan.adc, DZ.numpy(), n)
 
 
 __all__ = ["backward_sequence", "cell_backward", "cell_forward", "forward_sequence"]

@@ -264,7 +264,7 @@ class CharLSTM:
         grad.scatter_add_(1, tgt, torch.full((n, 1), -1.0, device=self.device))
         grad.div_(n)
         grad_hs = self.decoder.backward(grad.view(T, B, self.vocab_size))
-        self.lstm.backward_sequence(grad_hs)
+        self.lstm.backward_sequence(grad_hs, input_grad=False)  # no gradient into one-hot inputs
         return float(loss), new_state
 
     def apply_update(self, lr: float) -> None:

@@ -426,6 +426,7 @@ class _LSTMSequence(torch.autograd.Function):
             grad_hs.detach().to(torch.float32).contiguous(),
             None if grad_hT is None else grad_hT.detach().to(torch.float32),
             None if grad_cT is None else grad_cT.detach().to(torch.float32),
+            input_grad=ctx.needs_input_grad[0],
         )
         for k, layer in enumerate(lstm.layers):
             pairs = layer._pairs

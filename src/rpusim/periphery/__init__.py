@@ -26,6 +26,8 @@ reduce to one matrix product.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from rpusim.config import IOConfig
@@ -136,19 +138,18 @@ def analog_mvm_reference(
     io: IOConfig,
     generator: torch.Generator | None,
     transposed: bool = False,
+    array: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """:func:`analog_mvm` in plain torch (the reference the twins are tested against)."""
-    if io.noise_management == "abs_max":
-        alpha = x.abs().amax(dim=1, keepdim=True)
-        # alpha == 0: the input is all zeros and the output is exactly zero (no read happens);
-        # scaling by 0 at the end gives that, and dividing by 1 avoids 0/0.
-        x_hat = x / torch.where(alpha > 0, alpha, torch.ones_like(alpha))
-    else:
-        alpha = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
-        x_hat = x
+    """:func:`analog_mvm` in plain torch (the reference the twins are tested against).
+
+    ``array``: the first read's array sums from the DAC's output, ``array(x_q)``, instead of
+    ``x_q @ W^T`` (the same sums grouped otherwise: :mod:`rpusim.periphery.split`); the
+    bound-management re-reads read the whole array.
+    """
+    alpha, x_hat = noise_managed(x, io)
     matrix = weights if transposed else weights.t()
 
-    out = _read(matrix, x_hat, io, generator)
+    out = _read(matrix, x_hat, io, generator, array)
     if io.bound_management == "iterative" and io.out_bound is not None:
         scale = torch.ones_like(alpha)
         saturated = out[1]
@@ -166,12 +167,27 @@ def analog_mvm_reference(
     return alpha * out[0]
 
 
+def noise_managed(x: torch.Tensor, io: IOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise management of the inputs x (B, n): ``(alpha (B, 1), x / alpha)``; alpha = 1
+    without it."""
+    if io.noise_management == "abs_max":
+        alpha = x.abs().amax(dim=1, keepdim=True)
+        # alpha == 0: the input is all zeros and the output is exactly zero (no read happens);
+        # scaling by 0 at the end gives that, and dividing by 1 avoids 0/0.
+        return alpha, x / torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+    return torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x
+
+
 def _read(
-    matrix: torch.Tensor, x_hat: torch.Tensor, io: IOConfig, generator: torch.Generator | None
+    matrix: torch.Tensor,
+    x_hat: torch.Tensor,
+    io: IOConfig,
+    generator: torch.Generator | None,
+    array: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DAC -> array -> noise -> ADC for inputs already scaled. Returns (z_q, row saturated)."""
     x_q = quantize(x_hat, io.inp_bits, io.inp_bound, io.inp_sto_round, generator)
-    z = x_q @ matrix
+    z = x_q @ matrix if array is None else array(x_q)
     if io.out_noise > 0:
         noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         z = z + io.out_noise * noise
