@@ -136,9 +136,14 @@ def test_constant_reproduces_the_runs_from_before_schedules(tmp_path, monkeypatc
     assert [r["lr"] for r in rows] == [cfg.train.lr] * len(rows)
     if not torch.__version__.startswith("2.13"):
         pytest.skip("the pinned losses were measured with torch 2.13")
-    keys = ("epoch", "chars", "train_loss", "valid_loss", "test_loss")
+    keys = ("epoch", "chars", "valid_loss", "test_loss")
+    pinned = [[v for i, v in enumerate(row) if i != 2] for row in BEFORE_SCHEDULES[name]]
     got = [[r[k].hex() if isinstance(r[k], float) else r[k] for k in keys] for r in rows]
-    assert got == BEFORE_SCHEDULES[name]
+    assert got == pinned
+    # The float tile's running train loss is a float32 sum whose last bit depends on the CPU's
+    # vector width (seen: one ulp of float32 between two x86-64 machines); it is held to that.
+    for r, row in zip(rows, BEFORE_SCHEDULES[name], strict=True):
+        assert r["train_loss"] == pytest.approx(float.fromhex(row[2]), rel=1e-6)
 
 
 def test_metrics_csv_appends_the_lr_column(tmp_path):
