@@ -248,10 +248,10 @@ def backward_step(t, phase, k, ptr, dim, con):
     the sequence); ``t = -1`` finishes read 0 only. The rest as :func:`forward_step`.
     """
     T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
-    out_side, in_side, has_noise = dim[D_OUT_SIDE] != 0, dim[D_IN_SIDE] != 0, dim[D_NOISE] != 0
-    sto, bm, split = dim[D_STO] != 0, dim[D_BM] != 0, dim[D_SPLIT] != 0
+    out_side, has_noise = dim[D_OUT_SIDE] != 0, dim[D_NOISE] != 0
+    bm, split = dim[D_BM] != 0, dim[D_SPLIT] != 0
     dac, adc = _plans(dim, con)
-    m, w = 4 * h, n + h + 1
+    w = n + h + 1
     DZ = carray(float32_at(ptr[P_DZ]), (T + 1, B, w))
     if split:
         return _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ)
@@ -268,17 +268,7 @@ def backward_step(t, phase, k, ptr, dim, con):
             DZ[t + 1] = z
     if phase == OUTPUT or t < 0:
         return 0
-    gh = carray(float32_at(ptr[P_GH]), (T, B, h))
-    G = carray(float32_at(ptr[P_G]), (T, B, m))
-    C = carray(float32_at(ptr[P_C]), (T + 1, B, h))
-    TC = carray(float32_at(ptr[P_TC]), (T, B, h))
-    dc = carray(float32_at(ptr[P_DC]), (B, h))
-    dA = carray(float32_at(ptr[P_DA]), (T, B, m))
-    cell_backward(t, gh, DZ[t + 1], n, G, C, TC, dc, dA)
-    if in_side:
-        u = carray(float32_at(ptr[P_U]), (B, m))
-        x_q = carray(float32_at(ptr[P_XQ]), (B, m))
-        _input(dA[t], alpha, u, dac, x_q, sto)
+    _cell_backward_step(t, ptr, dim, dac, DZ, alpha, ptr[P_XQ])
     return 0
 
 
@@ -289,8 +279,8 @@ def _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ):
     array's sums of ``W[:, n:n + h]``, -> ``DZ[t + 1, :, n:n + h]``), and the input side of read
     ``t`` keeps its DAC output and scale in ``XQ[t]``, ``ALPHA[t]`` for :func:`dx_outputs`."""
     T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
-    in_side, has_noise, sto = dim[D_IN_SIDE] != 0, dim[D_NOISE] != 0, dim[D_STO] != 0
-    m, w = 4 * h, n + h + 1
+    has_noise = dim[D_NOISE] != 0
+    w = n + h + 1
     alpha_all = carray(float32_at(ptr[P_ALPHA]), (T, B))
     if t + 1 < T and phase != CELL:
         z = carray(float32_at(ptr[P_OUT]), (B, h))
@@ -302,6 +292,17 @@ def _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ):
             output_side(z, None, None, adc, alpha_all[t + 1], _ONE, y, None)
     if phase == OUTPUT or t < 0:
         return 0
+    _cell_backward_step(t, ptr, dim, dac, DZ, alpha_all[t], ptr[P_XQ] + 4 * dim[D_XQ_STRIDE] * t)
+    return 0
+
+
+@_jit
+def _cell_backward_step(t, ptr, dim, dac, DZ, alpha, x_q_address):
+    """The cell of backward step ``t`` (:func:`cell_backward`, reading ``DZ[t + 1]``) and, if the
+    read has an input side, the input side of read ``t`` (``dA[t]`` -> the DAC output at
+    ``x_q_address``, scale ``alpha``): the common tail of both backward steps."""
+    T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
+    m = 4 * h
     gh = carray(float32_at(ptr[P_GH]), (T, B, h))
     G = carray(float32_at(ptr[P_G]), (T, B, m))
     C = carray(float32_at(ptr[P_C]), (T + 1, B, h))
@@ -309,11 +310,10 @@ def _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ):
     dc = carray(float32_at(ptr[P_DC]), (B, h))
     dA = carray(float32_at(ptr[P_DA]), (T, B, m))
     cell_backward(t, gh, DZ[t + 1], n, G, C, TC, dc, dA)
-    if in_side:
+    if dim[D_IN_SIDE] != 0:
         u = carray(float32_at(ptr[P_U]), (B, m))
-        x_q = carray(float32_at(ptr[P_XQ] + 4 * dim[D_XQ_STRIDE] * t), (B, m))
-        _input(dA[t], alpha_all[t], u, dac, x_q, sto)
-    return 0
+        x_q = carray(float32_at(x_q_address), (B, m))
+        _input(dA[t], alpha, u, dac, x_q, dim[D_STO] != 0)
 
 
 @_jit
