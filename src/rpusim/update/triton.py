@@ -119,6 +119,25 @@ def _popcount64(v):
 
 
 @triton.jit
+def _tile(n_out, n_in, BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr):
+    """This program's tile of devices: its rows and columns, which of them exist, the devices'
+    offsets in an (out, in) array and the mask of the existing ones."""
+    rows = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_in, col_in = rows < n_out, cols < n_in
+    at = rows[:, None].to(tl.int64) * n_in + cols[None, :]
+    return rows, cols, row_in, col_in, at, row_in[:, None] & col_in[None, :]
+
+
+@triton.jit
+def _device_hash(c2c_base, k, n_out, rows, c2c_col_seed):
+    """The cycle-to-cycle hash of each device of the tile in pair ``k`` (the reference's
+    ``mix32(mix32(base ^ (k * out + i)) ^ col_seed_j)``)."""
+    dev_seed = _mix32(c2c_base ^ (tl.cast(k, tl.uint32) * n_out + rows.to(tl.uint32)))
+    return _mix32(dev_seed[:, None] ^ c2c_col_seed[None, :])
+
+
+@triton.jit
 def _fire_words_kernel(
     v_ptr, scale_ptr, bl_ptr, base_ptr, line_seed_ptr, words_ptr, k0, n_lines,
     BLOCK: tl.constexpr,
@@ -168,11 +187,7 @@ def _apply_kernel(
     c2c_base: (1,) int64; c2c_col_seed: (in,) int64. ``NOISY``: cycle-to-cycle noise on.
     ``STEP_N``: the device model's folded response (``step_n``), compiled for Triton.
     """
-    rows = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
-    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    row_in, col_in = rows < n_out, cols < n_in
-    at = rows[:, None].to(tl.int64) * n_in + cols[None, :]
-    inside = row_in[:, None] & col_in[None, :]
+    rows, cols, row_in, col_in, at, inside = _tile(n_out, n_in, BLOCK_J, BLOCK_I)
     w = tl.load(w_ptr + at, mask=inside, other=0.0)
     dw_up = tl.load(dw_up_ptr + at, mask=inside, other=0.0)
     dw_down = tl.load(dw_down_ptr + at, mask=inside, other=0.0)
@@ -192,8 +207,7 @@ def _apply_kernel(
             hit = count != 0
             n = count.to(tl.float32)
             if NOISY:
-                dev_seed = _mix32(c2c_base ^ (tl.cast(k, tl.uint32) * n_out + rows.to(tl.uint32)))
-                h = _mix32(dev_seed[:, None] ^ c2c_col_seed[None, :])
+                h = _device_hash(c2c_base, k, n_out, rows, c2c_col_seed)
                 z = tl.load(table_ptr + (h >> 16), mask=hit, other=0.0)
                 std_sqrt = tl.load(std_sqrt_ptr + count, mask=hit, other=0.0)
             else:
@@ -230,11 +244,7 @@ def _apply_steps_kernel(
     ``LOAD_CONSTS`` (:func:`param_loader`, :func:`const_loader`) load them as tuples of float64
     blocks / scalars, once per program; ``STEP`` is :func:`response`.
     """
-    rows = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
-    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    row_in, col_in = rows < n_out, cols < n_in
-    at = rows[:, None].to(tl.int64) * n_in + cols[None, :]
-    inside = row_in[:, None] & col_in[None, :]
+    rows, cols, row_in, col_in, at, inside = _tile(n_out, n_in, BLOCK_J, BLOCK_I)
     w = tl.load(w_ptr + at, mask=inside, other=0.0)
     w_min = tl.load(w_min_ptr + at, mask=inside, other=0.0)
     w_max = tl.load(w_max_ptr + at, mask=inside, other=0.0)
@@ -252,8 +262,7 @@ def _apply_steps_kernel(
             x_k = tl.load(x_ptr + tl.cast(k, tl.int64) * n_in + cols, mask=col_in, other=0.0)
             count = _popcount64(row_word[:, None] & col_word[None, :]).to(tl.int32)
             up = (d_k > 0.0)[:, None] != (x_k > 0.0)[None, :]
-            dev_seed = _mix32(c2c_base ^ (tl.cast(k, tl.uint32) * n_out + rows.to(tl.uint32)))
-            h = _mix32(dev_seed[:, None] ^ c2c_col_seed[None, :])
+            h = _device_hash(c2c_base, k, n_out, rows, c2c_col_seed)
             for m in range(0, tl.max(tl.max(count, axis=1), axis=0)):
                 hit = count > m
                 g = _mix32(h ^ tl.cast(m, tl.uint32))
