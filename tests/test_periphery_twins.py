@@ -177,3 +177,32 @@ def test_charlstm_training_is_bit_identical_with_either_backend(monkeypatch):
     losses_ref, weights_ref = run()
     assert losses_twin == losses_ref
     assert all(torch.equal(a, b) for a, b in zip(weights_twin, weights_ref, strict=True))
+
+
+def test_the_plan_record_holds_the_plan_by_name():
+    """The compiled code reads the settings from the record (``p.dac.step``): every field of the
+    plan, nested converters included, must arrive there with the plan's value (float32)."""
+    import dataclasses
+
+    import numpy as np
+
+    from rpusim.periphery.plan import plan_of
+
+    rng = random.Random(5)
+    for _ in range(20):
+        io = random_io(rng)
+        plan = plan_of(io)
+        assert plan_of(io) is plan  # made once per config object
+        rec = plan.record[0]
+        for f in dataclasses.fields(plan):
+            value = getattr(plan, f.name)
+            if dataclasses.is_dataclass(value):
+                for g in dataclasses.fields(value):
+                    assert rec[f.name][g.name] == getattr(value, g.name), (f.name, g.name)
+            elif isinstance(value, float):
+                assert rec[f.name] == np.float32(value), f.name
+            else:
+                assert rec[f.name] == value, f.name
+        if io.inp_bits is not None:
+            levels = 2**io.inp_bits - 2
+            assert rec["dac"]["step"] == np.float32(2 * io.inp_bound / levels)

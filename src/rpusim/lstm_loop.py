@@ -39,13 +39,8 @@ from numba.extending import intrinsic
 
 from rpusim.config import IOConfig
 from rpusim.periphery import is_ideal
-from rpusim.periphery.numba import (
-    float32_at,
-    input_side,
-    output_side,
-    plan_of,
-    reread_saturated,
-)
+from rpusim.periphery.numba import float32_at, input_side, output_side, reread_saturated
+from rpusim.periphery.plan import plan_of
 
 _jit = njit(cache=True, nogil=True, error_model="numpy")
 
@@ -121,10 +116,11 @@ def cell_backward(t, gh, dz, n, G, C, TC, dc, dA):
 # One step: output side of a read, the cell, input side of the next read
 # ---------------------------------------------------------------------------------------------
 
-# A step kernel takes three small tables, made once per sequence by _Loop: ``ptr`` (int64), the
+# A step kernel takes two small tables, made once per sequence by _Loop: ``ptr`` (int64), the
 # addresses of the loop's contiguous CPU buffers (passing 10-odd arrays would cost ~1.5 us per
-# call in unboxing, a read's worth of arithmetic at batch 1); ``dim`` (int64), sizes and flags;
-# ``con`` (float32), the converters' constants. The slots:
+# call in unboxing, a read's worth of arithmetic at batch 1), and ``dim`` (int64), sizes and the
+# loop's mode; and the periphery's settings, ``rec``: the read's one settings type
+# (:class:`rpusim.periphery.plan.ReadPlan`) as its record array, ``p = rec[0]``. The slots:
 P_OUT, P_NOISE, P_ALPHA, P_SAT, P_U, P_XQ = range(6)  # the read's buffers
 P_G, P_C, P_TC, P_Z = range(6, 10)  # forward: the layer's buffers
 P_GH, P_DC, P_DA, P_DZ = range(10, 14)  # backward: the layer's buffers (and P_G, P_C, P_TC)
@@ -133,9 +129,8 @@ P_GH, P_DC, P_DA, P_DZ = range(10, 14)  # backward: the layer's buffers (and P_G
 # DAC outputs (T, B, 4h) and scales (T, B) of every step, kept for the dx outputs.
 P_AHEAD, P_ALPHA_AHEAD, P_SPLIT, P_XH = range(14, 18)  # P_XH: forward, q([h; 1]) (B, h + 1)
 D_T, D_B, D_N, D_H, D_AHEAD = range(5)  # T, B, n_in of the layer, hidden, noise rows held
-D_OUT_SIDE, D_IN_SIDE, D_NOISE, D_STO, D_BM = range(5, 10)  # the read's mode
-D_DAC, D_ADC = 10, 13  # (nm, clip, quantize) of each side; con: the plan's float32 constants
-D_SPLIT, D_XQ_STRIDE = 16, 17  # the reads are split; backward split: floats per step of XQ
+D_OUT_SIDE, D_IN_SIDE, D_NOISE, D_STO, D_BM = range(5, 10)  # the loop's mode (plan and tile)
+D_SPLIT, D_XQ_STRIDE = 10, 11  # the reads are split; backward split: floats per step of XQ
 
 
 @intrinsic
@@ -149,34 +144,24 @@ def _int64_at(typingctx, address):
 
 
 @_jit
-def _plans(dim, con):
-    """The plan tuples of :mod:`~rpusim.periphery.numba` (``dac``, ``adc``) again."""
-    dac = (dim[D_DAC] != 0, dim[D_DAC + 1] != 0, con[0], dim[D_DAC + 2] != 0, con[1], con[2])
-    adc = (
-        dim[D_ADC] != 0, con[3], dim[D_ADC + 1] != 0, con[4], dim[D_ADC + 2] != 0, con[5], con[6],
-    )  # fmt: skip
-    return dac, adc
-
-
-@_jit
-def _output(z, noise, k, adc, alpha, y, sat_rows, has_noise):
+def _output(z, noise, k, p, alpha, y, sat_rows, has_noise):
     """The first read's output side (:func:`output_side`, all rows, factor 1) into ``y``."""
     if has_noise:
-        return output_side(z, None, noise[k], adc, alpha, _ONE, y, sat_rows)
-    return output_side(z, None, None, adc, alpha, _ONE, y, sat_rows)
+        return output_side(z, None, noise[k], p, alpha, _ONE, y, sat_rows)
+    return output_side(z, None, None, p, alpha, _ONE, y, sat_rows)
 
 
 @_jit
-def _input(x, alpha, u, dac, x_q, sto):
+def _input(x, alpha, u, p, x_q, sto):
     """The first read's input side (:func:`input_side`, all rows, factor 1) into ``x_q``."""
     if sto:
-        input_side(x, None, alpha, _ONE, u, dac, x_q)
+        input_side(x, None, alpha, _ONE, u, p, x_q)
     else:
-        input_side(x, None, alpha, _ONE, None, dac, x_q)
+        input_side(x, None, alpha, _ONE, None, p, x_q)
 
 
 @_jit
-def forward_step(t, phase, k, ptr, dim, con):
+def forward_step(t, phase, k, ptr, dim, rec):
     """Forward step ``t``: output side of read ``t`` (``a`` in place), the cell of step ``t``
     (:func:`cell_forward`), input side of read ``t + 1`` (``Z[t + 1]`` -> ``x_q``).
 
@@ -192,7 +177,7 @@ def forward_step(t, phase, k, ptr, dim, con):
     T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
     out_side, in_side, has_noise = dim[D_OUT_SIDE] != 0, dim[D_IN_SIDE] != 0, dim[D_NOISE] != 0
     sto, bm, split = dim[D_STO] != 0, dim[D_BM] != 0, dim[D_SPLIT] != 0
-    dac, adc = _plans(dim, con)
+    p = rec[0]
     m, w = 4 * h, n + h + 1
     a = carray(float32_at(ptr[P_OUT]), (B, m))
     alpha = carray(float32_at(ptr[P_ALPHA]), B)
@@ -209,7 +194,7 @@ def forward_step(t, phase, k, ptr, dim, con):
                     a[b, j] = ahead[b, j] + a[b, j]
         noise = carray(float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, m))
         sat_rows = carray(_int64_at(ptr[P_SAT]), B)
-        n_sat = _output(a, noise, k, adc, alpha, a, sat_rows, has_noise)
+        n_sat = _output(a, noise, k, p, alpha, a, sat_rows, has_noise)
         if bm and n_sat > 0:
             return n_sat
     if phase == OUTPUT:
@@ -222,9 +207,9 @@ def forward_step(t, phase, k, ptr, dim, con):
     if in_side:
         u = carray(float32_at(ptr[P_U]), (B, w))
         x_q = carray(float32_at(ptr[P_XQ]), (B, w))
-        _input(Z[t + 1], alpha, u, dac, x_q, sto)
+        _input(Z[t + 1], alpha, u, p, x_q, sto)
     if split:
-        if dac[0]:  # split only if the whole input's scale is the one assumed
+        if p.nm:  # split only if the whole input's scale is the one assumed
             alpha_ahead = carray(float32_at(ptr[P_ALPHA_AHEAD]), (T, B))[t + 1]
             split_at[t + 1] = 1
             for b in range(B):
@@ -238,7 +223,7 @@ def forward_step(t, phase, k, ptr, dim, con):
 
 
 @_jit
-def backward_step(t, phase, k, ptr, dim, con):
+def backward_step(t, phase, k, ptr, dim, rec):
     """Backward step ``t`` (going back in time): output side of read ``t + 1`` (``z``, the
     array's sums, -> ``DZ[t + 1] = W^T da_{t+1}``), the cell of step ``t``
     (:func:`cell_backward`, which reads ``DZ[t + 1]``), input side of read ``t`` (``dA[t]`` ->
@@ -250,30 +235,30 @@ def backward_step(t, phase, k, ptr, dim, con):
     T, B, n, h = dim[D_T], dim[D_B], dim[D_N], dim[D_H]
     out_side, has_noise = dim[D_OUT_SIDE] != 0, dim[D_NOISE] != 0
     bm, split = dim[D_BM] != 0, dim[D_SPLIT] != 0
-    dac, adc = _plans(dim, con)
+    p = rec[0]
     w = n + h + 1
     DZ = carray(float32_at(ptr[P_DZ]), (T + 1, B, w))
     if split:
-        return _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ)
+        return _backward_split_step(t, phase, k, ptr, dim, p, DZ)
     alpha = carray(float32_at(ptr[P_ALPHA]), B)
     if t + 1 < T and phase != CELL:
         z = carray(float32_at(ptr[P_OUT]), (B, w))
         if out_side:
             noise = carray(float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, w))
             sat_rows = carray(_int64_at(ptr[P_SAT]), B)
-            n_sat = _output(z, noise, k, adc, alpha, DZ[t + 1], sat_rows, has_noise)
+            n_sat = _output(z, noise, k, p, alpha, DZ[t + 1], sat_rows, has_noise)
             if bm and n_sat > 0:
                 return n_sat
         else:
             DZ[t + 1] = z
     if phase == OUTPUT or t < 0:
         return 0
-    _cell_backward_step(t, ptr, dim, dac, DZ, alpha, ptr[P_XQ])
+    _cell_backward_step(t, ptr, dim, p, DZ, alpha, ptr[P_XQ])
     return 0
 
 
 @_jit
-def _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ):
+def _backward_split_step(t, phase, k, ptr, dim, p, DZ):
     """:func:`backward_step` of split reads (:mod:`rpusim.periphery.split`; no bound
     management): read ``t + 1`` is finished for its ``dh`` outputs only (``z`` (B, h), the
     array's sums of ``W[:, n:n + h]``, -> ``DZ[t + 1, :, n:n + h]``), and the input side of read
@@ -287,17 +272,17 @@ def _backward_split_step(t, phase, k, ptr, dim, dac, adc, DZ):
         y = DZ[t + 1, :, n : n + h]
         if has_noise:
             noise = carray(float32_at(ptr[P_NOISE]), (T, B, w))[k, :, n : n + h]
-            output_side(z, None, noise, adc, alpha_all[t + 1], _ONE, y, None)
+            output_side(z, None, noise, p, alpha_all[t + 1], _ONE, y, None)
         else:
-            output_side(z, None, None, adc, alpha_all[t + 1], _ONE, y, None)
+            output_side(z, None, None, p, alpha_all[t + 1], _ONE, y, None)
     if phase == OUTPUT or t < 0:
         return 0
-    _cell_backward_step(t, ptr, dim, dac, DZ, alpha_all[t], ptr[P_XQ] + 4 * dim[D_XQ_STRIDE] * t)
+    _cell_backward_step(t, ptr, dim, p, DZ, alpha_all[t], ptr[P_XQ] + 4 * dim[D_XQ_STRIDE] * t)
     return 0
 
 
 @_jit
-def _cell_backward_step(t, ptr, dim, dac, DZ, alpha, x_q_address):
+def _cell_backward_step(t, ptr, dim, p, DZ, alpha, x_q_address):
     """The cell of backward step ``t`` (:func:`cell_backward`, reading ``DZ[t + 1]``) and, if the
     read has an input side, the input side of read ``t`` (``dA[t]`` -> the DAC output at
     ``x_q_address``, scale ``alpha``): the common tail of both backward steps."""
@@ -313,11 +298,11 @@ def _cell_backward_step(t, ptr, dim, dac, DZ, alpha, x_q_address):
     if dim[D_IN_SIDE] != 0:
         u = carray(float32_at(ptr[P_U]), (B, m))
         x_q = carray(float32_at(x_q_address), (B, m))
-        _input(dA[t], alpha, u, dac, x_q, dim[D_STO] != 0)
+        _input(dA[t], alpha, u, p, x_q, dim[D_STO] != 0)
 
 
 @_jit
-def dx_outputs(s, noise, alpha, adc, dz, n):
+def dx_outputs(s, noise, alpha, rec, dz, n):
     """The ``dx`` outputs of every step's split backward read, after the loop.
 
     s (T, B, n): the array's sums ``q(d_t / beta_t) W[:, :n]`` of all steps (one product);
@@ -325,13 +310,13 @@ def dx_outputs(s, noise, alpha, adc, dz, n):
     (read ``k`` is step ``T - 1 - k``); alpha (T, B): each step's scale. Writes ``dz[t, :, :n]``
     (dz (T + 1, B, n + h + 1)) through the output side, element by element.
     """
-    T = s.shape[0]
+    T, p = s.shape[0], rec[0]
     for t in range(T):
         y = dz[t, :, :n]
         if noise is None:
-            output_side(s[t], None, None, adc, alpha[t], _ONE, y, None)
+            output_side(s[t], None, None, p, alpha[t], _ONE, y, None)
         else:
-            output_side(s[t], None, noise[T - 1 - t, :, :n], adc, alpha[t], _ONE, y, None)
+            output_side(s[t], None, noise[T - 1 - t, :, :n], p, alpha[t], _ONE, y, None)
 
 
 @_jit
@@ -356,7 +341,7 @@ def one_hot_product(x, weights, p):
 
 
 @_jit
-def input_ahead(x, bias, alpha, dac, x_q):
+def input_ahead(x, bias, alpha, rec, x_q):
     """The DAC of the input parts of every step's forward read, before the loop.
 
     x (N, n): the inputs ``x_t`` of all steps; writes alpha (N,), with noise management, the
@@ -365,7 +350,8 @@ def input_ahead(x, bias, alpha, dac, x_q):
     as :func:`~rpusim.periphery.numba.input_side` converts these elements in a whole read.
     """
     N, n = x.shape
-    if dac[0]:
+    p = rec[0]
+    if p.nm:
         for r in range(N):
             a = _ONE if bias else np.float32(0.0)
             for j in range(n):
@@ -374,7 +360,7 @@ def input_ahead(x, bias, alpha, dac, x_q):
                     a = v
             alpha[r] = a
     rows = np.arange(N)
-    input_side(x, rows, alpha, _ONE, None, dac, x_q)
+    input_side(x, rows, alpha, _ONE, None, p, x_q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +390,7 @@ def _normal_draws_split(numel: int) -> bool:
 
 class _Loop:
     """One layer's ``T`` reads in one direction: the periphery's mode, the read's buffers, the
-    random draws, and the tables (``ptr``, ``dim``, ``con``) that the step kernels take.
+    random draws, and the tables (``ptr``, ``dim``, the plan's ``record``) the step kernels take.
 
     Reads are counted ``k = 0 .. T-1`` in the order they happen. ``n_in`` / ``n_out`` are the
     sizes of a read's input and output rows (forward ``n + h + 1`` / ``4h``, backward the
@@ -471,11 +457,8 @@ class _Loop:
         self.ptr[P_SPLIT] = self.split_at.ctypes.data
         bm = p.bm and p.max_bm_factor > 1 and not ideal
         mode = (not ideal, self.in_side, self.noise_on, self.sto, bm)
-        flags = (p.dac[0], p.dac[1], p.dac[3], p.adc[0], p.adc[2], p.adc[4])
-        self.dim = np.array(
-            [T, B, n, h, self.ahead, *mode, *flags, split, self.xq_stride], np.int64
-        )
-        self.con = np.array([*p.dac[2:3], *p.dac[4:], p.adc[1], p.adc[3], *p.adc[5:]], np.float32)
+        self.dim = np.array([T, B, n, h, self.ahead, *mode, split, self.xq_stride], np.int64)
+        self.record = p.record  # the periphery's settings, as the step kernels read them
 
     def hold(self, tensors: dict[int, torch.Tensor]) -> None:
         """Put the addresses of contiguous float32 CPU tensors into their ``ptr`` slots
@@ -540,7 +523,7 @@ def forward_sequence(
     n = Z.shape[2] - h - 1
     loop = _Loop(io, generator, T, B, n, h, forward=True, split=split)
     loop.hold({P_G: G, P_C: C, P_TC: TC, P_Z: Z})
-    ptr, dim, con, sto, noise_on = loop.ptr, loop.dim, loop.con, loop.sto, loop.noise_on
+    ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.record, loop.sto, loop.noise_on
     matrix, a_t, x_q_t = weights.t(), loop.out_t, loop.x_qs[0]
     Zs = None if loop.in_side else Z.unbind(0)  # the matmul reads z_t itself
     split_at, x_h = loop.split_at, loop.x_h
@@ -550,7 +533,7 @@ def forward_sequence(
         if loop.in_side:
             x_q = torch.empty(T * B, n)
             alpha = torch.ones(T * B)
-            input_ahead(x.numpy(), bias, alpha.numpy(), loop.plan.dac, x_q.numpy())
+            input_ahead(x.numpy(), bias, alpha.numpy(), rec, x_q.numpy())
             loop.hold({P_ALPHA_AHEAD: alpha})
         else:
             x_q = x
@@ -562,7 +545,7 @@ def forward_sequence(
     step, mm, phase = forward_step, torch.mm, OUTPUT if sto else BOTH
     if sto:
         loop.draw_uniforms()
-    step(-1, CELL, 0, ptr, dim, con)  # the input side of read 0
+    step(-1, CELL, 0, ptr, dim, rec)  # the input side of read 0
     for t in range(T):
         if split and split_at[t]:
             mm(x_h, w_hb_t, out=a_t)
@@ -571,13 +554,13 @@ def forward_sequence(
         if noise_on and t >= loop.k1:
             loop.draw_noise(t)
         k = t - loop.k0
-        n_sat = step(t, phase, k, ptr, dim, con)
+        n_sat = step(t, phase, k, ptr, dim, rec)
         if n_sat or sto:
             if n_sat:
                 loop.reread(t, Z[t], matrix, a_t.numpy(), n_sat)
             if sto and t + 1 < T:
                 loop.draw_uniforms()
-            step(t, CELL, k, ptr, dim, con)
+            step(t, CELL, k, ptr, dim, rec)
 
 
 def backward_sequence(
@@ -609,7 +592,7 @@ def backward_sequence(
     n = DZ.shape[2] - h - 1
     loop = _Loop(io, generator, T, B, n, h, forward=False, split=split)
     loop.hold({P_GH: grad_hs, P_G: G, P_C: C, P_TC: TC, P_DC: dc, P_DA: dA, P_DZ: DZ})
-    ptr, dim, con, sto, noise_on = loop.ptr, loop.dim, loop.con, loop.sto, loop.noise_on
+    ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.record, loop.sto, loop.noise_on
     matrix, z_t = weights[:, n:-1].contiguous() if split else weights, loop.out_t
     dAs = None if loop.in_side else dA.unbind(0)  # the matmul reads da_t itself
     x_qs = loop.x_qs if split else loop.x_qs * T
@@ -617,18 +600,18 @@ def backward_sequence(
     k = 0  # where the last read's output noise is in the noise buffer
     for t in range(T - 1, -1, -1):
         # Finish read t + 1 (the (T - 2 - t)-th read), the cell of step t, start read t.
-        n_sat = step(t, phase, k, ptr, dim, con)
+        n_sat = step(t, phase, k, ptr, dim, rec)
         if n_sat or sto:
             if n_sat:
                 loop.reread(T - 2 - t, dA[t + 1], matrix, DZ[t + 1].numpy(), n_sat)
             if sto:
                 loop.draw_uniforms()
-            step(t, CELL, k, ptr, dim, con)
+            step(t, CELL, k, ptr, dim, rec)
         mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
         if noise_on and T - 1 - t >= loop.k1:
             loop.draw_noise(T - 1 - t)
         k = T - 1 - t - loop.k0
-    n_sat = step(-1, OUTPUT, k, ptr, dim, con)  # finish read 0
+    n_sat = step(-1, OUTPUT, k, ptr, dim, rec)  # finish read 0
     if n_sat:
         loop.reread(T - 1, dA[0], matrix, DZ[0].numpy(), n_sat)
     if split and input_grad:
@@ -636,7 +619,7 @@ def backward_sequence(
         d_q = loop.x_q_t[:, : B * m].reshape(T * B, m) if dAs is None else dA.view(T * B, m)
         s = torch.mm(d_q, weights[:, :n]).view(T, B, n)
         noise = loop.noise_t.numpy() if noise_on else None
-        dx_outputs(s.numpy(), noise, loop.alpha, loop.plan.adc, DZ.numpy(), n)
+        dx_outputs(s.numpy(), noise, loop.alpha, rec, DZ.numpy(), n)
 
 
 __all__ = ["backward_sequence", "cell_backward", "cell_forward", "forward_sequence"]

@@ -31,18 +31,10 @@ from collections.abc import Callable
 import torch
 
 from rpusim.config import IOConfig
+from rpusim.periphery.plan import converter_step
 from rpusim.twins import triton_installed
 
 BACKENDS = ("auto", "numba", "torch", "triton")
-
-
-def converter_step(bits: int, bound: float) -> tuple[float, float]:
-    """``(step, 1 / step)`` of an n-bit converter: ``2**bits - 1`` levels over ``[-bound, bound]``.
-
-    ``step = 2 * bound / (2**bits - 2)``; both are applied as float32 constants.
-    """
-    levels = 2**bits - 2
-    return 2.0 * bound / levels, levels / (2.0 * bound)
 
 
 def quantize(

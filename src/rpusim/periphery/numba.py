@@ -24,7 +24,6 @@ constant a float32 (as torch casts a Python scalar to the tensor's dtype) and ``
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,50 +31,10 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from rpusim.config import IOConfig
-from rpusim.periphery import converter_step
-from rpusim.twins import cached_by_identity
+from rpusim.periphery.plan import ReadPlan, plan_of
 
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
-
-
-class _Plan(NamedTuple):
-    """One direction's periphery as the kernels take it: flags and float32 constants."""
-
-    #: Input side, for :func:`input_side`: (nm, clip, inp_bound, quantize, 1/step, step).
-    dac: tuple
-    #: Output side, for :func:`output_side`: (nm, out_noise, clip, out_bound, quantize, 1/step,
-    #: step).
-    adc: tuple
-    identity_input: bool  # no NM, no clip, no DAC: the array sees x itself (as the reference)
-    sto: bool  # stochastic rounding: draw u ~ U[0, 1) for each input of each read
-    noise: bool  # output noise: draw N(0, 1) for each output of each read
-    bm: bool  # iterative bound management
-    max_bm_factor: int
-
-    @classmethod
-    def of(cls, io: IOConfig) -> _Plan:
-        nm = io.noise_management == "abs_max"
-        return cls(
-            dac=(nm, *_converter(io.inp_bits, io.inp_bound)),
-            adc=(nm, np.float32(io.out_noise), *_converter(io.out_bits, io.out_bound)),
-            identity_input=not nm and io.inp_bound is None and io.inp_bits is None,
-            sto=io.inp_bits is not None and io.inp_sto_round,
-            noise=io.out_noise > 0,
-            bm=io.bound_management == "iterative" and io.out_bound is not None,
-            max_bm_factor=io.max_bm_factor,
-        )
-
-
-def _converter(bits: int | None, bound: float | None) -> tuple:
-    """``(clip, bound, quantize, 1/step, step)`` of a converter, as the kernels take them."""
-    step, per_step = converter_step(bits, bound) if bits is not None else (1.0, 1.0)
-    f32 = np.float32
-    return bound is not None, f32(bound or 1.0), bits is not None, f32(per_step), f32(step)
-
-
-#: The plan of a periphery config (a config object is read thousands of times).
-plan_of = cached_by_identity(_Plan.of)
 
 
 class _Scratch(threading.local):
@@ -123,15 +82,17 @@ def _clip(v, bound):
 
 
 @njit(cache=True, nogil=True)
-def input_side(x, rows, alpha, factor, u, dac, x_q):
+def input_side(x, rows, alpha, factor, u, p, x_q):
     """Noise management, clip and DAC of the rows read: ``x_q[i] = DAC(clip(x[r] / alpha / f))``.
 
     First read (``rows`` None): every row ``r = i``, and ``alpha[r] = max|x[r]|`` is computed
     here. Bound-management re-read: ``r = rows[i]``, ``alpha`` as computed before, the input
     divided by ``factor`` (a power of 2) as well. ``u`` (same shape as ``x_q``) or None: the
     uniforms of stochastic rounding. x: (B, n) float32, x_q: (len(rows) or B, n), written.
+    ``p``: the read's settings (a :data:`~rpusim.periphery.plan.RECORD`).
     """
-    nm, clip, bound, quant, per_step, step = dac
+    nm, dac = p.nm, p.dac
+    clip, bound, quant, per_step, step = dac.clip, dac.bound, dac.quantize, dac.per_step, dac.step
     n = x.shape[1]
     for i in range(x_q.shape[0]):
         if rows is None:
@@ -163,15 +124,17 @@ def input_side(x, rows, alpha, factor, u, dac, x_q):
 
 
 @njit(cache=True, nogil=True)
-def output_side(z, rows, noise, adc, alpha, factor, y, sat_rows):
+def output_side(z, rows, noise, p, alpha, factor, y, sat_rows):
     """Output noise, saturation, ADC and the scale back: ``y[r] = alpha[r] f ADC(z[i] + s n[i])``.
 
     z: (k, m), the array's sums of the rows read (``r = i``, or ``r = rows[i]`` in a re-read);
     ``noise`` (k, m) or None; y: (B, m), written at the rows read (may be ``z`` itself). With
     ``sat_rows`` (B,) int64 (bound management on), the rows whose output reached ``|z| >=
-    bound`` are listed there. Returns how many.
+    bound`` are listed there. Returns how many. ``p``: the read's settings (a
+    :data:`~rpusim.periphery.plan.RECORD`).
     """
-    nm, sigma, clip, bound, quant, per_step, step = adc
+    nm, sigma, adc = p.nm, p.out_noise, p.adc
+    clip, bound, quant, per_step, step = adc.clip, adc.bound, adc.quantize, adc.per_step, adc.step
     n_sat = 0
     for i in range(z.shape[0]):
         r = i if rows is None else rows[i]
@@ -195,17 +158,19 @@ def output_side(z, rows, noise, adc, alpha, factor, y, sat_rows):
 
 
 @njit(cache=True, nogil=True)
-def _input_side_at(x_address, batch, n, rows, alpha, factor, u, dac, x_q):
-    """:func:`input_side` with ``x`` given as the address of a contiguous (batch, n) tensor."""
-    input_side(carray(float32_at(x_address), (batch, n)), rows, alpha, factor, u, dac, x_q)
+def _input_side_at(x_address, batch, n, rows, alpha, factor, u, plan, x_q):
+    """:func:`input_side` with ``x`` given as the address of a contiguous (batch, n) tensor and
+    the settings as their record array (:attr:`~rpusim.periphery.plan.ReadPlan.record`)."""
+    input_side(carray(float32_at(x_address), (batch, n)), rows, alpha, factor, u, plan[0], x_q)
 
 
 @njit(cache=True, nogil=True)
-def _output_side_at(z_address, k, m, rows, noise, adc, alpha, factor, y, sat_rows):
+def _output_side_at(z_address, k, m, rows, noise, plan, alpha, factor, y, sat_rows):
     """:func:`output_side` with ``z`` given as the address of a contiguous (k, m) tensor, and
-    written in place where ``y`` is None."""
+    written in place where ``y`` is None; ``plan`` as in :func:`_input_side_at`."""
     z = carray(float32_at(z_address), (k, m))
-    return output_side(z, rows, noise, adc, alpha, factor, z if y is None else y, sat_rows)
+    y = z if y is None else y
+    return output_side(z, rows, noise, plan[0], alpha, factor, y, sat_rows)
 
 
 def analog_mvm_numba(
@@ -247,14 +212,14 @@ def _read(x_c, matrix, p, generator, alpha, sat_rows, rows, factor, y_np):
         x_q = x_c  # the reference reads x itself here
     else:
         x_q, x_q_np = _SCRATCH.get("x_q", k, n_in)
-        _input_side_at(x_c.data_ptr(), batch, n_in, rows, alpha, factor, u, p.dac, x_q_np)
+        _input_side_at(x_c.data_ptr(), batch, n_in, rows, alpha, factor, u, p.record, x_q_np)
     z = x_q @ matrix
     noise = None
     if p.noise:
         noise_t, noise = _SCRATCH.get("noise", k, z.shape[1])
         noise_t.normal_(generator=generator)
     n_sat = _output_side_at(
-        z.data_ptr(), k, z.shape[1], rows, noise, p.adc, alpha, factor, y_np, sat_rows
+        z.data_ptr(), k, z.shape[1], rows, noise, p.record, alpha, factor, y_np, sat_rows
     )
     return z, n_sat
 
@@ -262,7 +227,7 @@ def _read(x_c, matrix, p, generator, alpha, sat_rows, rows, factor, y_np):
 def reread_saturated(
     x_c: torch.Tensor,
     matrix: torch.Tensor,
-    p: _Plan,
+    p: ReadPlan,
     generator: torch.Generator | None,
     alpha: np.ndarray,
     sat_rows: np.ndarray | None,

@@ -27,72 +27,17 @@ libdevice (which the interpreter cannot run), so :func:`_rint` builds it from ``
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from rpusim.config import IOConfig
-from rpusim.periphery import converter_step
-from rpusim.twins import cached_by_identity
+from rpusim.periphery.plan import plan_of
 from rpusim.update.triton import IEEE_F32
 
 #: Columns per block of the row loops (a read of up to this many columns is one block).
 BLOCK = 512
-
-
-class _Converter(NamedTuple):
-    """A DAC or ADC as the kernels take it. Floats are Python floats already rounded to float32:
-    the value torch uses when it multiplies a float32 tensor by the config's Python float."""
-
-    clip: bool  # clip to [-bound, bound]
-    bound: float
-    quantize: bool
-    per_step: float  # 1 / step
-    step: float
-
-    @classmethod
-    def of(cls, bits: int | None, bound: float | None) -> _Converter:
-        step, per_step = converter_step(bits, bound) if bits is not None else (1.0, 1.0)
-        return cls(
-            bound is not None, _f32(bound or 1.0), bits is not None, _f32(per_step), _f32(step)
-        )
-
-
-class _Plan(NamedTuple):
-    """One direction's periphery as the kernels take it."""
-
-    nm: bool  # noise management (abs_max)
-    dac: _Converter
-    adc: _Converter
-    sto: bool  # stochastic rounding: draw u ~ U[0, 1) for each input of each read
-    noise: bool  # output noise: draw N(0, 1) for each output of each read
-    out_noise: float  # its standard deviation, rounded to float32
-    identity_input: bool  # no NM, no clip, no DAC: the array sees x itself (as the reference)
-    bm: bool  # iterative bound management
-    max_bm_factor: int
-
-    @classmethod
-    def of(cls, io: IOConfig) -> _Plan:
-        nm = io.noise_management == "abs_max"
-        return cls(
-            nm=nm,
-            dac=_Converter.of(io.inp_bits, io.inp_bound),
-            adc=_Converter.of(io.out_bits, io.out_bound),
-            sto=io.inp_bits is not None and io.inp_sto_round,
-            noise=io.out_noise > 0,
-            out_noise=_f32(io.out_noise),
-            identity_input=not nm and io.inp_bound is None and io.inp_bits is None,
-            bm=io.bound_management == "iterative" and io.out_bound is not None,
-            max_bm_factor=io.max_bm_factor,
-        )
-
-
-def _f32(v: float) -> float:
-    return float(np.float32(v))
 
 
 @triton.jit
@@ -210,10 +155,6 @@ def interpreted() -> bool:
     return isinstance(input_side, InterpretedFunction)
 
 
-#: The plan of a periphery config (a config object is read thousands of times).
-_plan = cached_by_identity(_Plan.of)
-
-
 @torch.no_grad()
 def analog_mvm_triton(
     weights: torch.Tensor,
@@ -228,7 +169,7 @@ def analog_mvm_triton(
     """
     if x.device.type == "cpu" and not interpreted():
         raise ValueError("the Triton periphery needs CUDA tensors (or TRITON_INTERPRET=1)")
-    p = _plan(io)
+    p = plan_of(io)
     matrix = weights if transposed else weights.t()
     x_c = x.contiguous()  # what the kernels read
     alpha = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
