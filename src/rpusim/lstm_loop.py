@@ -458,7 +458,6 @@ class _Loop:
         bm = p.bm and p.max_bm_factor > 1 and not ideal
         mode = (not ideal, self.in_side, self.noise_on, self.sto, bm)
         self.dim = np.array([T, B, n, h, self.ahead, *mode, split, self.xq_stride], np.int64)
-        self.record = p.record  # the periphery's settings, as the step kernels read them
 
     def hold(self, tensors: dict[int, torch.Tensor]) -> None:
         """Put the addresses of contiguous float32 CPU tensors into their ``ptr`` slots
@@ -523,7 +522,7 @@ def forward_sequence(
     n = Z.shape[2] - h - 1
     loop = _Loop(io, generator, T, B, n, h, forward=True, split=split)
     loop.hold({P_G: G, P_C: C, P_TC: TC, P_Z: Z})
-    ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.record, loop.sto, loop.noise_on
+    ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.plan.record, loop.sto, loop.noise_on
     matrix, a_t, x_q_t = weights.t(), loop.out_t, loop.x_qs[0]
     Zs = None if loop.in_side else Z.unbind(0)  # the matmul reads z_t itself
     split_at, x_h = loop.split_at, loop.x_h
@@ -592,7 +591,7 @@ def backward_sequence(
     n = DZ.shape[2] - h - 1
     loop = _Loop(io, generator, T, B, n, h, forward=False, split=split)
     loop.hold({P_GH: grad_hs, P_G: G, P_C: C, P_TC: TC, P_DC: dc, P_DA: dA, P_DZ: DZ})
-    ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.record, loop.sto, loop.noise_on
+    ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.plan.record, loop.sto, loop.noise_on
     matrix, z_t = weights[:, n:-1].contiguous() if split else weights, loop.out_t
     dAs = None if loop.in_side else dA.unbind(0)  # the matmul reads da_t itself
     x_qs = loop.x_qs if split else loop.x_qs * T
