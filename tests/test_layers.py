@@ -12,11 +12,13 @@ import functools
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from numba import njit
 
-from rpusim import RPUConfig
+from rpusim import RPUConfig, lstm_loop
 from rpusim.layers import AnalogLinear, AnalogLSTM, AnalogLSTMLayer
 from rpusim.model import CharLSTM
 
@@ -388,6 +390,41 @@ def test_compiled_cell_nonlinearities_are_accurate():
         ref = torch.tensor(x, dtype=torch.float64)
         assert _tanh(x) == pytest.approx(float(torch.tanh(ref)), rel=1e-14, abs=1e-300)
         assert _sigmoid(x) == pytest.approx(float(torch.sigmoid(ref)), rel=1e-14, abs=1e-300)
+
+
+@njit(cache=False)
+def _c_library(xs, out, which):
+    for i in range(xs.shape[0]):
+        out[i] = math.exp(xs[i]) if which == 0 else math.expm1(xs[i])
+
+
+@njit(cache=False)
+def _cell_math(xs, out, which):
+    for i in range(xs.shape[0]):
+        out[i] = lstm_loop.exp(xs[i]) if which == 0 else lstm_loop.expm1(xs[i])
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["exp", "expm1"])
+def test_cell_exp_and_expm1_are_within_ulps_of_the_c_library(which):
+    """The cell's own exp (within 1 ulp) and expm1 (2 ulp) against the C library's in float64,
+    over 10^5 random arguments at four scales; their float32 roundings agree everywhere, and
+    the special values (NaN, +-inf, beyond +-708) give what the cell needs."""
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.standard_normal(25_000) * s for s in (0.01, 1.0, 5.0, 30.0)])
+    ref, got = np.empty_like(xs), np.empty_like(xs)
+    _c_library(xs, ref, which)
+    _cell_math(xs, got, which)
+    ulps = np.abs(got - ref) / np.spacing(np.abs(ref))
+    assert ulps.max() <= (1.0 if which == 0 else 2.0)
+    with np.errstate(over="ignore"):  # exp(130) is inf in float32 for both
+        assert np.array_equal(ref.astype(np.float32), got.astype(np.float32))
+    special = np.array([np.nan, np.inf, -np.inf, 800.0, -800.0])
+    _cell_math(special, got[:5], which)
+    assert np.isnan(got[0]) and got[1] > 1e307 and got[3] > 1e307
+    if which == 0:  # 2^-1021-ish where the C library gives 0: both a float32 0
+        assert 0.0 <= got[2] < 1e-307 and 0.0 <= got[4] < 1e-307
+    else:
+        assert got[2] == got[4] == -1.0
 
 
 # ---------------------------------------------------------------------------------------------

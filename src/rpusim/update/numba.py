@@ -329,16 +329,22 @@ def njit_as(name: str, fn, parallel: bool = False, **bound):
 
 @njit(cache=True, nogil=True)
 def _abs_max_rows(v):
-    """``max(max v, -min v)`` of each row of v (K, n) float32, as float64; NaN if a row is not
-    finite (then :func:`scales_of` leaves the plan to the torch code)."""
+    """``max |v|`` of each row of v (K, n) float32, as float64; NaN if a row is not finite
+    (then :func:`scales_of` leaves the plan to the torch code).
+
+    On the bit patterns: without the sign bit, a finite float32's bits order as its magnitude
+    does, and inf and NaN lie above them all; an integer maximum is a loop that vectorizes
+    (a float one, with NaN's rules, does not). Equal to ``max(max v, -min v)`` (the sign of a
+    zero result aside, which no caller sees: a zero row makes no update)."""
+    bits = v.view(np.uint32)
     out = np.empty(v.shape[0], np.float64)
+    one = np.empty(1, np.uint32)
     for k in range(v.shape[0]):
-        hi, lo, finite = v[k, 0], v[k, 0], True
+        m = np.uint32(0)
         for i in range(v.shape[1]):
-            e = v[k, i]
-            finite = finite and math.isfinite(e)
-            hi, lo = max(hi, e), min(lo, e)
-        out[k] = np.float64(max(hi, -lo)) if finite else np.nan
+            m = max(m, bits[k, i] & np.uint32(0x7FFFFFFF))
+        one[0] = m
+        out[k] = np.float64(one.view(np.float32)[0]) if m < np.uint32(0x7F800000) else np.nan
     return out
 
 
