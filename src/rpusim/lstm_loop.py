@@ -41,6 +41,7 @@ import torch
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from rpusim import blas
 from rpusim.config import IOConfig
 from rpusim.periphery import is_ideal
 from rpusim.periphery.numba import float32_at, input_side, output_side, reread_saturated
@@ -136,22 +137,36 @@ def tanh(x):
 
 
 @_jit
+def _gates(a, s, h):
+    """``s`` (4h,) float64 = (sigmoid, sigmoid, tanh, sigmoid) of the blocks of ``a`` (4h,):
+    i, f, g, o. One loop per block, each over two contiguous arrays, so each vectorizes."""
+    for j in range(2 * h):
+        s[j] = sigmoid(a[j])
+    for j in range(2 * h, 3 * h):
+        s[j] = tanh(a[j])
+    for j in range(3 * h, 4 * h):
+        s[j] = sigmoid(a[j])
+
+
+@_jit
 def cell_forward(a, t, n, G, C, TC, Z):
     """One LSTM step after the read ``a`` (B, 4h): writes G[t] (i, f, g, o), C[t + 1] = c_t,
-    TC[t] = tanh(c_t), and h_t into Z[t + 1, :, n:n + h]."""
+    TC[t] = tanh(c_t), and h_t into Z[t + 1, :, n:n + h]. The gates enter ``c_t`` in float64
+    (as computed, not as stored)."""
     B, h = a.shape[0], C.shape[2]
+    s = np.empty(4 * h)
     for b in range(B):
+        _gates(a[b], s, h)
+        g_t = G[t, b]
+        for j in range(4 * h):
+            g_t[j] = s[j]
+        c_prev, c_new, tc_t, z_new = C[t, b], C[t + 1, b], TC[t, b], Z[t + 1, b, n : n + h]
         for j in range(h):
-            i = sigmoid(a[b, j])
-            f = sigmoid(a[b, h + j])
-            g = tanh(a[b, 2 * h + j])
-            o = sigmoid(a[b, 3 * h + j])
-            G[t, b, j], G[t, b, h + j], G[t, b, 2 * h + j], G[t, b, 3 * h + j] = i, f, g, o
-            c = f * C[t, b, j] + i * g
+            c = s[h + j] * c_prev[j] + s[j] * s[2 * h + j]
             tc = tanh(c)
-            C[t + 1, b, j] = c
-            TC[t, b, j] = tc
-            Z[t + 1, b, n + j] = o * tc
+            c_new[j] = c
+            tc_t[j] = tc
+            z_new[j] = s[3 * h + j] * tc
 
 
 @_jit
@@ -425,6 +440,56 @@ def input_ahead(x, bias, alpha, rec, x_q):
     input_side(x, rows, alpha, _ONE, None, p, x_q)
 
 
+# Runs of steps with their products (the reads' sums through torch's own BLAS, blas.gemm)
+# ``prod``: int64 [fn, B, m, c, k_split, x_split, w_split, k, x, x_step, w], the product's
+# routine (blas.sgemm_address), the rows and outputs of a product, the output's address, and for
+# the split and the whole read the inner size, the input's address (+ x_step bytes per step) and
+# the weights' (forward: split [W_h, w_bias]^T as X_M, whole W as X_WT; backward: X_M only).
+R_FN, R_B, R_M, R_C, R_KS, R_XS, R_WS, R_K, R_X, R_XSTEP, R_W = range(11)
+
+
+@_jit
+def forward_run(t0, t1, k0, ptr, dim, rec, prod, scratch):
+    """Forward steps ``t0 <= t < t1`` as the Python loop of :func:`forward_sequence` does
+    them (without stochastic rounding): each read's product, then :func:`forward_step`.
+
+    Returns ``(t, n_sat)``: ``(t1, 0)``, or the step whose read saturated and its count (the
+    caller re-reads, finishes the step with ``phase=CELL`` and goes on at ``t + 1``)."""
+    split = dim[D_SPLIT] != 0
+    split_at = carray(_int64_at(ptr[P_SPLIT]), dim[D_T])
+    fn, B, m, c = prod[R_FN], prod[R_B], prod[R_M], prod[R_C]
+    for t in range(t0, t1):
+        if split and split_at[t] != 0:
+            ks = prod[R_KS]
+            blas.gemm(fn, blas.X_M, B, m, ks, prod[R_XS], ks, prod[R_WS], c, scratch)
+        else:
+            x = prod[R_X] + t * prod[R_XSTEP]
+            blas.gemm(fn, blas.X_WT, B, m, prod[R_K], x, prod[R_K], prod[R_W], c, scratch)
+        n_sat = forward_step(t, BOTH, t - k0, ptr, dim, rec)
+        if n_sat > 0:
+            return t, n_sat
+    return t1, 0
+
+
+@_jit
+def backward_run(t, k, ptr, dim, rec, prod, scratch):
+    """:func:`backward_step` ``t`` and then, unless it returns saturated rows (returned, the
+    product not done), read ``t``'s product, as :func:`backward_sequence` does them."""
+    n_sat = backward_step(t, BOTH, k, ptr, dim, rec)
+    if n_sat > 0:
+        return n_sat
+    kk = prod[R_K]
+    x = prod[R_X] + t * prod[R_XSTEP]
+    blas.gemm(prod[R_FN], blas.X_M, prod[R_B], prod[R_M], kk, x, kk, prod[R_W], prod[R_C], scratch)
+    return 0
+
+
+def _products(*shapes: tuple[int, int, int, int]) -> bool:
+    """True if torch's BLAS can be called from the compiled runs for every product
+    ``(form, B, m, k)`` with ``torch.mm``'s bits (:func:`rpusim.blas.matches_torch`)."""
+    return bool(blas.sgemm_address()) and all(blas.matches_torch(*s) for s in shapes)
+
+
 # ---------------------------------------------------------------------------------------------
 # The time loops
 # ---------------------------------------------------------------------------------------------
@@ -607,6 +672,30 @@ def forward_sequence(
     if sto:
         loop.draw_uniforms()
     step(-1, CELL, 0, ptr, dim, rec)  # the input side of read 0
+    n_in = n + h + 1
+    compiled = (
+        not sto
+        and weights.is_contiguous()
+        and _products((blas.X_WT, B, m, n_in), *([(blas.X_M, B, m, h + 1)] if split else []))
+    )
+    if compiled:  # the same steps, the products called from compiled code
+        x_t = loop.x_qs[0] if Zs is None else Z
+        prod = np.zeros(11, np.int64)
+        prod[[R_FN, R_B, R_M, R_C, R_K, R_W]] = blas.sgemm_address(), B, m, a_t.data_ptr(), n_in, weights.data_ptr()
+        prod[R_X], prod[R_XSTEP] = x_t.data_ptr(), 0 if Zs is None else 4 * B * n_in
+        if split:
+            prod[[R_KS, R_XS, R_WS]] = h + 1, x_h.data_ptr(), w_hb_t.data_ptr()
+        scratch = np.zeros(8, np.int64)
+        t = 0
+        while t < T:
+            if noise_on and t >= loop.k1:
+                loop.draw_noise(t)
+            t, n_sat = forward_run(t, loop.k1 if noise_on else T, loop.k0, ptr, dim, rec, prod, scratch)
+            if n_sat:
+                loop.reread(t, Z[t], matrix, a_t.numpy(), n_sat)
+                step(t, CELL, t - loop.k0, ptr, dim, rec)
+                t += 1
+        return
     for t in range(T):
         if split and split_at[t]:
             mm(x_h, w_hb_t, out=a_t)
@@ -658,17 +747,32 @@ def backward_sequence(
     dAs = None if loop.in_side else dA.unbind(0)  # the matmul reads da_t itself
     x_qs = loop.x_qs if split else loop.x_qs * T
     step, mm, phase = backward_step, torch.mm, OUTPUT if sto else BOTH
+    n_out = z_t.shape[1]
+    compiled = not sto and matrix.is_contiguous() and _products((blas.X_M, B, n_out, m))
+    if compiled:  # each step with its read's product in one compiled call
+        prod = np.zeros(11, np.int64)
+        prod[[R_FN, R_B, R_M, R_C, R_K, R_W]] = blas.sgemm_address(), B, n_out, z_t.data_ptr(), m, matrix.data_ptr()
+        if dAs is None:
+            prod[R_X] = x_qs[0].data_ptr()
+            prod[R_XSTEP] = 4 * loop.xq_stride if split else 0
+        else:
+            prod[R_X], prod[R_XSTEP] = dA.data_ptr(), 4 * B * m
+        scratch = np.zeros(8, np.int64)
     k = 0  # where the last read's output noise is in the noise buffer
     for t in range(T - 1, -1, -1):
         # Finish read t + 1 (the (T - 2 - t)-th read), the cell of step t, start read t.
-        n_sat = step(t, phase, k, ptr, dim, rec)
+        if compiled:
+            n_sat = backward_run(t, k, ptr, dim, rec, prod, scratch)
+        else:
+            n_sat = step(t, phase, k, ptr, dim, rec)
         if n_sat or sto:
             if n_sat:
                 loop.reread(T - 2 - t, dA[t + 1], matrix, DZ[t + 1].numpy(), n_sat)
             if sto:
                 loop.draw_uniforms()
             step(t, CELL, k, ptr, dim, rec)
-        mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
+        if not compiled or n_sat:
+            mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
         if noise_on and T - 1 - t >= loop.k1:
             loop.draw_noise(T - 1 - t)
         k = T - 1 - t - loop.k0
