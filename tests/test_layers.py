@@ -513,20 +513,30 @@ def test_fused_time_loop_is_bit_identical_to_the_reads_of_the_torch_reference(na
     from rpusim.periphery import analog_mvm
 
     cfg = _periphery_configs()[name]
-    rereads = []
+    rereads, runs = [], []
     monkeypatch.setattr(
         lstm_loop,
         "reread_saturated",
         lambda *a, _f=lstm_loop.reread_saturated: rereads.append(1) or _f(*a),
     )
-    for B, dropout in ((1, 0.0), (3, 0.25)):
-        fused = _train_run(cfg, True, B, dropout)
+    for run in ("forward_run", "backward_run"):  # the compiled runs of steps
+        compiled = getattr(lstm_loop, run)
+        monkeypatch.setattr(lstm_loop, run, lambda *a, _f=compiled: runs.append(1) or _f(*a))
+    # The default draws ahead all reads' noise at once; 200 numbers make the runs stop for
+    # draws every few reads (and after every read at batch 3).
+    for B, dropout, ahead in ((1, 0.0, None), (3, 0.25, None), (1, 0.0, 200), (3, 0.0, 200)):
+        with monkeypatch.context() as m:
+            if ahead:
+                m.setattr(lstm_loop, "NOISE_AHEAD", ahead)
+            fused = _train_run(cfg, True, B, dropout)
         with monkeypatch.context() as m:
             m.setattr(tile_module, "analog_mvm", functools.partial(analog_mvm, backend="torch"))
             reference = _train_run(cfg, False, B, dropout)
         _assert_identical(fused, reference)
     if name in ("bm_both_ways", "sto_round", "sto_round_split_backward"):
         assert len(rereads) > 20, "bound management was not exercised"
+    if lstm_loop.blas.sgemm_address() and name not in ("sto_round", "ideal"):
+        assert runs, "the compiled runs were not exercised"
 
 
 def test_output_noise_drawn_ahead_is_the_same_numbers():

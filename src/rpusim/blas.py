@@ -78,7 +78,9 @@ def gemm(fn, form, B, m, k, x, ldx, w, c, scratch):
     fv[6], fv[7] = np.float32(1.0), np.float32(0.0)
     cv[32], cv[33] = (_N if form == X_M else _T), _N
     s = scratch.ctypes.data
-    _call_sgemm(fn, s + 32, s + 33, s, s + 4, s + 8, s + 24, w, s + 12, x, s + 16, s + 28, c, s + 20)
+    _call_sgemm(
+        fn, s + 32, s + 33, s, s + 4, s + 8, s + 24, w, s + 12, x, s + 16, s + 28, c, s + 20
+    )
 
 
 @functools.cache

@@ -44,6 +44,7 @@ from numba.extending import intrinsic
 from rpusim import blas
 from rpusim.config import IOConfig
 from rpusim.periphery import is_ideal
+from rpusim.periphery.noise import padded
 from rpusim.periphery.numba import float32_at, input_side, output_side, reread_saturated
 from rpusim.periphery.plan import plan_of
 
@@ -208,6 +209,14 @@ P_AHEAD, P_ALPHA_AHEAD, P_SPLIT, P_XH = range(14, 18)  # P_XH: forward, q([h; 1]
 D_T, D_B, D_N, D_H, D_AHEAD = range(5)  # T, B, n_in of the layer, hidden, noise rows held
 D_OUT_SIDE, D_IN_SIDE, D_NOISE, D_STO, D_BM = range(5, 10)  # the loop's mode (plan and tile)
 D_SPLIT, D_XQ_STRIDE = 10, 11  # the reads are split; backward split: floats per step of XQ
+D_NOISE_STRIDE = 12  # floats per read in NOISE: B * n_out rounded up (rpusim.periphery.noise)
+
+
+@_jit
+def _noise_of(ptr, dim, rows, k, n_out):
+    """Read ``k``'s output noise (B, n_out) in NOISE, which holds ``rows`` reads' draws."""
+    B, stride = dim[D_B], dim[D_NOISE_STRIDE]
+    return carray(float32_at(ptr[P_NOISE]), (rows, stride))[k, : B * n_out].reshape((B, n_out))
 
 
 @intrinsic
@@ -221,10 +230,11 @@ def _int64_at(typingctx, address):
 
 
 @_jit
-def _output(z, noise, k, p, alpha, y, sat_rows, has_noise):
-    """The first read's output side (:func:`output_side`, all rows, factor 1) into ``y``."""
+def _output(z, noise, p, alpha, y, sat_rows, has_noise):
+    """The first read's output side (:func:`output_side`, all rows, factor 1) into ``y``;
+    ``noise`` (B, n_out): the read's output noise."""
     if has_noise:
-        return output_side(z, None, noise[k], p, alpha, _ONE, y, sat_rows)
+        return output_side(z, None, noise, p, alpha, _ONE, y, sat_rows)
     return output_side(z, None, None, p, alpha, _ONE, y, sat_rows)
 
 
@@ -269,9 +279,9 @@ def forward_step(t, phase, k, ptr, dim, rec):
             for b in range(B):
                 for j in range(m):
                     a[b, j] = ahead[b, j] + a[b, j]
-        noise = carray(float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, m))
+        noise = _noise_of(ptr, dim, dim[D_AHEAD], k, m)
         sat_rows = carray(_int64_at(ptr[P_SAT]), B)
-        n_sat = _output(a, noise, k, p, alpha, a, sat_rows, has_noise)
+        n_sat = _output(a, noise, p, alpha, a, sat_rows, has_noise)
         if bm and n_sat > 0:
             return n_sat
     if phase == OUTPUT:
@@ -321,9 +331,9 @@ def backward_step(t, phase, k, ptr, dim, rec):
     if t + 1 < T and phase != CELL:
         z = carray(float32_at(ptr[P_OUT]), (B, w))
         if out_side:
-            noise = carray(float32_at(ptr[P_NOISE]), (dim[D_AHEAD], B, w))
+            noise = _noise_of(ptr, dim, dim[D_AHEAD], k, w)
             sat_rows = carray(_int64_at(ptr[P_SAT]), B)
-            n_sat = _output(z, noise, k, p, alpha, DZ[t + 1], sat_rows, has_noise)
+            n_sat = _output(z, noise, p, alpha, DZ[t + 1], sat_rows, has_noise)
             if bm and n_sat > 0:
                 return n_sat
         else:
@@ -348,7 +358,7 @@ def _backward_split_step(t, phase, k, ptr, dim, p, DZ):
         z = carray(float32_at(ptr[P_OUT]), (B, h))
         y = DZ[t + 1, :, n : n + h]
         if has_noise:
-            noise = carray(float32_at(ptr[P_NOISE]), (T, B, w))[k, :, n : n + h]
+            noise = _noise_of(ptr, dim, T, k, w)[:, n : n + h]
             output_side(z, None, noise, p, alpha_all[t + 1], _ONE, y, None)
         else:
             output_side(z, None, None, p, alpha_all[t + 1], _ONE, y, None)
@@ -472,16 +482,39 @@ def forward_run(t0, t1, k0, ptr, dim, rec, prod, scratch):
 
 
 @_jit
-def backward_run(t, k, ptr, dim, rec, prod, scratch):
-    """:func:`backward_step` ``t`` and then, unless it returns saturated rows (returned, the
-    product not done), read ``t``'s product, as :func:`backward_sequence` does them."""
-    n_sat = backward_step(t, BOTH, k, ptr, dim, rec)
-    if n_sat > 0:
-        return n_sat
-    kk = prod[R_K]
-    x = prod[R_X] + t * prod[R_XSTEP]
-    blas.gemm(prod[R_FN], blas.X_M, prod[R_B], prod[R_M], kk, x, kk, prod[R_W], prod[R_C], scratch)
-    return 0
+def backward_run(t0, k0, k1, ptr, dim, rec, prod, scratch):
+    """Backward steps ``t = t0, t0 - 1, ..., 0`` as the Python loop of
+    :func:`backward_sequence` does them (without stochastic rounding): :func:`backward_step`
+    ``t`` (which finishes read ``t + 1``, the ``(T - 2 - t)``-th), then read ``t``'s product.
+
+    Returns ``(t, n_sat)``: ``(-1, 0)`` when every step is done; ``(t, 0)`` before step ``t``
+    when the noise of the read it finishes is not drawn yet (``T - 2 - t >= k1``: the caller
+    draws it and calls again); ``(t, n_sat)`` when step ``t`` saturated (the caller re-reads,
+    finishes the step with ``phase=CELL`` and does its product)."""
+    T = dim[D_T]
+    fn, B, m, c, kk = prod[R_FN], prod[R_B], prod[R_M], prod[R_C], prod[R_K]
+    for t in range(t0, -1, -1):
+        k = 0
+        if t < T - 1:
+            if T - 2 - t >= k1:
+                return t, 0
+            k = T - 2 - t - k0
+        n_sat = backward_step(t, BOTH, k, ptr, dim, rec)
+        if n_sat > 0:
+            return t, n_sat
+        x = prod[R_X] + t * prod[R_XSTEP]
+        blas.gemm(fn, blas.X_M, B, m, kk, x, kk, prod[R_W], c, scratch)
+    return -1, 0
+
+
+def _product_table(B, m, out, k, x, x_step, w, split=(0, 0, 0)) -> np.ndarray:
+    """The ``prod`` table of :func:`forward_run` / :func:`backward_run` (see ``R_*``): the
+    product ``out (B, m) = x_t (B, k) @ w`` with ``x_t`` at ``x`` + ``x_step`` bytes per step;
+    ``split``: ``(k, x address, w address)`` of the forward split's product, or zeros."""
+    ks, xs, ws = split
+    fn = blas.sgemm_address()
+    row = [fn, B, m, out.data_ptr(), ks, xs, ws, k, x.data_ptr(), x_step, w.data_ptr()]
+    return np.array(row, np.int64)
 
 
 def _products(*shapes: tuple[int, int, int, int]) -> bool:
@@ -523,10 +556,11 @@ class _Loop:
     sizes of a read's input and output rows (forward ``n + h + 1`` / ``4h``, backward the
     reverse).
 
-    Output noise: the reference draws ``normal_`` of ``(B, n_out)`` from the tile's generator
-    after each read's matmul. Where ``B * n_out`` is a multiple of 16 (and nothing else is drawn
-    between reads: no stochastic rounding) the draws of up to :data:`NOISE_AHEAD` numbers' worth
-    of reads are taken in one call: the same numbers. A bound-management re-read draws between
+    Output noise: the reference draws ``B * n_out`` normals rounded up to a multiple of 16 from
+    the tile's generator after each read's matmul (:func:`rpusim.periphery.noise.output_noise`),
+    so (when nothing else is drawn between reads: no stochastic rounding) the draws of up to
+    :data:`NOISE_AHEAD` numbers' worth of reads are taken in one call: the same numbers.
+    ``noise_t`` holds a read's draw per row. A bound-management re-read draws between
     two reads: the generator is then put back to before the draw ahead, and the draws up to this
     read are taken again (the same numbers), so that the re-read draws what the reference does.
 
@@ -555,9 +589,11 @@ class _Loop:
         self.sto = p.sto and not ideal
         self.keep = split and not forward  # the backward split keeps every read's draws
         self.ahead = 1  # reads whose output noise is drawn at once
-        numel = B * n_out
-        if self.noise_on and not self.sto and generator is not None and _normal_draws_split(numel):
-            self.ahead = max(1, min(T, NOISE_AHEAD // numel))
+        # Each read's draw: B * n_out numbers rounded up to a multiple of 16 (as the reference
+        # draws them, rpusim.periphery.noise), so that draws ahead are the same numbers.
+        self.noise_stride = stride = padded(B * n_out)
+        if self.noise_on and not self.sto and generator is not None and _normal_draws_split(stride):
+            self.ahead = max(1, min(T, NOISE_AHEAD // stride))
         kept = T if self.keep else 1
         # The matmul's output: the backward split's sums of the dh outputs only.
         self.out_t = torch.empty(B, h if self.keep else n_out)
@@ -569,7 +605,7 @@ class _Loop:
         self.x_qs = self.x_q_t.as_strided((kept, B, n_in), (self.xq_stride, n_in, 1)).unbind(0)
         self.x_h = torch.empty(B, h + 1)  # forward split: q([h_{t-1}; 1]), the step's input
         self.u_t = torch.empty(B, n_in)  # stochastic rounding's uniforms
-        self.noise_t = torch.empty(T if self.keep else self.ahead, B, n_out)
+        self.noise_t = torch.empty(T if self.keep else self.ahead, stride)
         self.noise_rows = self.noise_t.unbind(0) if self.keep and self.ahead == 1 else None
         self.alpha = np.ones((kept, B), np.float32)
         self.sat_rows = np.empty(B, np.int64)
@@ -584,7 +620,9 @@ class _Loop:
         self.ptr[P_SPLIT] = self.split_at.ctypes.data
         bm = p.bm and p.max_bm_factor > 1 and not ideal
         mode = (not ideal, self.in_side, self.noise_on, self.sto, bm)
-        self.dim = np.array([T, B, n, h, self.ahead, *mode, split, self.xq_stride], np.int64)
+        self.dim = np.array(
+            [T, B, n, h, self.ahead, *mode, split, self.xq_stride, stride], np.int64
+        )
 
     def hold(self, tensors: dict[int, torch.Tensor]) -> None:
         """Put the addresses of contiguous float32 CPU tensors into their ``ptr`` slots
@@ -679,18 +717,17 @@ def forward_sequence(
         and _products((blas.X_WT, B, m, n_in), *([(blas.X_M, B, m, h + 1)] if split else []))
     )
     if compiled:  # the same steps, the products called from compiled code
-        x_t = loop.x_qs[0] if Zs is None else Z
-        prod = np.zeros(11, np.int64)
-        prod[[R_FN, R_B, R_M, R_C, R_K, R_W]] = blas.sgemm_address(), B, m, a_t.data_ptr(), n_in, weights.data_ptr()
-        prod[R_X], prod[R_XSTEP] = x_t.data_ptr(), 0 if Zs is None else 4 * B * n_in
-        if split:
-            prod[[R_KS, R_XS, R_WS]] = h + 1, x_h.data_ptr(), w_hb_t.data_ptr()
+        x_t, x_step = (loop.x_qs[0], 0) if Zs is None else (Z, 4 * B * n_in)
+        split_product = (h + 1, x_h.data_ptr(), w_hb_t.data_ptr()) if split else (0, 0, 0)
+        prod = _product_table(B, m, a_t, n_in, x_t, x_step, weights, split_product)
         scratch = np.zeros(8, np.int64)
         t = 0
         while t < T:
             if noise_on and t >= loop.k1:
                 loop.draw_noise(t)
-            t, n_sat = forward_run(t, loop.k1 if noise_on else T, loop.k0, ptr, dim, rec, prod, scratch)
+            t, n_sat = forward_run(
+                t, loop.k1 if noise_on else T, loop.k0, ptr, dim, rec, prod, scratch
+            )
             if n_sat:
                 loop.reread(t, Z[t], matrix, a_t.numpy(), n_sat)
                 step(t, CELL, t - loop.k0, ptr, dim, rec)
@@ -750,32 +787,43 @@ def backward_sequence(
     n_out = z_t.shape[1]
     compiled = not sto and matrix.is_contiguous() and _products((blas.X_M, B, n_out, m))
     if compiled:  # each step with its read's product in one compiled call
-        prod = np.zeros(11, np.int64)
-        prod[[R_FN, R_B, R_M, R_C, R_K, R_W]] = blas.sgemm_address(), B, n_out, z_t.data_ptr(), m, matrix.data_ptr()
-        if dAs is None:
-            prod[R_X] = x_qs[0].data_ptr()
-            prod[R_XSTEP] = 4 * loop.xq_stride if split else 0
+        if dAs is None:  # the DAC's outputs: kept per step (split) or one buffer
+            x_t, x_step = x_qs[0], 4 * loop.xq_stride if split else 0
         else:
-            prod[R_X], prod[R_XSTEP] = dA.data_ptr(), 4 * B * m
+            x_t, x_step = dA, 4 * B * m
+        prod = _product_table(B, n_out, z_t, m, x_t, x_step, matrix)
         scratch = np.zeros(8, np.int64)
     k = 0  # where the last read's output noise is in the noise buffer
-    for t in range(T - 1, -1, -1):
-        # Finish read t + 1 (the (T - 2 - t)-th read), the cell of step t, start read t.
-        if compiled:
-            n_sat = backward_run(t, k, ptr, dim, rec, prod, scratch)
-        else:
-            n_sat = step(t, phase, k, ptr, dim, rec)
-        if n_sat or sto:
-            if n_sat:
+    if compiled:  # the same steps, in runs of compiled steps (backward_run)
+        t = T - 1
+        while t >= 0:
+            if noise_on and t < T - 1 and loop.k1 <= T - 2 - t:
+                loop.draw_noise(T - 2 - t)  # the read step t finishes
+            k1 = loop.k1 if noise_on else T
+            t, n_sat = backward_run(t, loop.k0, k1, ptr, dim, rec, prod, scratch)
+            if n_sat:  # step t's read (t + 1) saturated: as in the loop below
+                k = T - 2 - t - loop.k0
                 loop.reread(T - 2 - t, dA[t + 1], matrix, DZ[t + 1].numpy(), n_sat)
-            if sto:
-                loop.draw_uniforms()
-            step(t, CELL, k, ptr, dim, rec)
-        if not compiled or n_sat:
+                step(t, CELL, k, ptr, dim, rec)
+                mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
+                t -= 1
+        if noise_on and loop.k1 < T:
+            loop.draw_noise(T - 1)
+        k = T - 1 - loop.k0
+    else:
+        for t in range(T - 1, -1, -1):
+            # Finish read t + 1 (the (T - 2 - t)-th read), the cell of step t, start read t.
+            n_sat = step(t, phase, k, ptr, dim, rec)
+            if n_sat or sto:
+                if n_sat:
+                    loop.reread(T - 2 - t, dA[t + 1], matrix, DZ[t + 1].numpy(), n_sat)
+                if sto:
+                    loop.draw_uniforms()
+                step(t, CELL, k, ptr, dim, rec)
             mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
-        if noise_on and T - 1 - t >= loop.k1:
-            loop.draw_noise(T - 1 - t)
-        k = T - 1 - t - loop.k0
+            if noise_on and T - 1 - t >= loop.k1:
+                loop.draw_noise(T - 1 - t)
+            k = T - 1 - t - loop.k0
     n_sat = step(-1, OUTPUT, k, ptr, dim, rec)  # finish read 0
     if n_sat:
         loop.reread(T - 1, dA[0], matrix, DZ[0].numpy(), n_sat)
@@ -783,7 +831,8 @@ def backward_sequence(
         # The dx outputs of every read: one product, then each element's noise and ADC.
         d_q = loop.x_q_t[:, : B * m].reshape(T * B, m) if dAs is None else dA.view(T * B, m)
         s = torch.mm(d_q, weights[:, :n]).view(T, B, n)
-        noise = loop.noise_t.numpy() if noise_on else None
+        w = n + h + 1
+        noise = loop.noise_t[:, : B * w].view(T, B, w).numpy() if noise_on else None
         dx_outputs(s.numpy(), noise, loop.alpha, rec, DZ.numpy(), n)
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 
 from rpusim.config import IOConfig
+from rpusim.periphery.noise import output_noise
 from rpusim.periphery.plan import converter_step
 from rpusim.twins import triton_installed
 
@@ -181,7 +182,7 @@ def _read(
     x_q = quantize(x_hat, io.inp_bits, io.inp_bound, io.inp_sto_round, generator)
     z = x_q @ matrix if array is None else array(x_q)
     if io.out_noise > 0:
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        noise = output_noise(tuple(z.shape), generator, z.dtype, z.device)
         z = z + io.out_noise * noise
     if io.out_bound is None:
         saturated = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)

@@ -31,6 +31,7 @@ from numba import carray, njit, types
 from numba.extending import intrinsic
 
 from rpusim.config import IOConfig
+from rpusim.periphery.noise import padded
 from rpusim.periphery.plan import ReadPlan, plan_of
 
 _ONE = np.float32(1.0)
@@ -44,13 +45,23 @@ class _Scratch(threading.local):
     def __init__(self) -> None:
         self.buffers: dict[tuple[str, int, int], tuple[torch.Tensor, np.ndarray]] = {}
 
-    def get(self, name: str, rows: int, cols: int) -> tuple[torch.Tensor, np.ndarray]:
+    def get(
+        self, name: str, rows: int, cols: int, pad: bool = False
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """The buffer ``name`` of ``(rows, cols)``: a tensor and its numpy view. ``pad``: the
+        tensor is the whole draw of :func:`~rpusim.periphery.noise.output_noise` (its size
+        rounded up to a multiple of 16), the view its first ``rows * cols`` numbers."""
         buf = self.buffers.get((name, rows, cols))
         if buf is None:
             if len(self.buffers) >= 64:
                 self.buffers.clear()
-            t = torch.empty((rows, cols), dtype=torch.float32)
-            buf = self.buffers[(name, rows, cols)] = (t, t.numpy())
+            if pad:
+                t = torch.empty(padded(rows * cols), dtype=torch.float32)
+                view = t[: rows * cols].view(rows, cols).numpy()
+            else:
+                t = torch.empty((rows, cols), dtype=torch.float32)
+                view = t.numpy()
+            buf = self.buffers[(name, rows, cols)] = (t, view)
         return buf
 
 
@@ -216,7 +227,7 @@ def _read(x_c, matrix, p, generator, alpha, sat_rows, rows, factor, y_np):
     z = x_q @ matrix
     noise = None
     if p.noise:
-        noise_t, noise = _SCRATCH.get("noise", k, z.shape[1])
+        noise_t, noise = _SCRATCH.get("noise", k, z.shape[1], pad=True)
         noise_t.normal_(generator=generator)
     n_sat = _output_side_at(
         z.data_ptr(), k, z.shape[1], rows, noise, p.record, alpha, factor, y_np, sat_rows

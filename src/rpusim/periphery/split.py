@@ -37,6 +37,7 @@ import torch
 
 from rpusim.config import IOConfig
 from rpusim.periphery import analog_mvm_reference, is_ideal, noise_managed, quantize
+from rpusim.periphery.noise import output_noise
 
 
 def forward_applies(io: IOConfig) -> bool:
@@ -153,7 +154,7 @@ def backward_read(
     noise_x = None
     if io.out_noise > 0:
         shape = (d.shape[0], tile.weights.shape[1])
-        noise = torch.randn(shape, generator=generator, dtype=s.dtype, device=s.device)
+        noise = output_noise(shape, generator, s.dtype, s.device)
         s = s + io.out_noise * noise[:, n : n + h]
         noise_x = noise[:, :n]
     return beta * quantize(s, io.out_bits, io.out_bound), (d_q, beta, noise_x)

@@ -33,6 +33,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from rpusim.config import IOConfig
+from rpusim.periphery.noise import output_noise
 from rpusim.periphery.plan import plan_of
 from rpusim.update.triton import IEEE_F32
 
@@ -212,7 +213,7 @@ def _read(x, x_c, matrix, p, generator, alpha, rows, factor, y):
     z = x_q @ matrix
     noise = None
     if p.noise:
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        noise = output_noise(tuple(z.shape), generator, z.dtype, z.device)
     m = z.shape[1]
     sat = torch.empty(k, dtype=torch.int32, device=z.device) if p.adc.clip else None
     out = z if y is None else y
