@@ -83,10 +83,15 @@ def gemm(fn, form, B, m, k, x, ldx, w, c, scratch):
     )
 
 
-@functools.cache
 def matches_torch(form: int, B: int, m: int, k: int) -> bool:
     """True if :func:`gemm` gives ``torch.mm``'s bits for this form and shape (checked on
-    random operands, three draws, with torch's current thread count)."""
+    random operands, three draws, once per shape and torch thread count: a BLAS may split a
+    product differently on more threads)."""
+    return _matches_torch(form, B, m, k, torch.get_num_threads())
+
+
+@functools.cache
+def _matches_torch(form: int, B: int, m: int, k: int, threads: int) -> bool:
     fn = sgemm_address()
     if not fn:
         return False
