@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -529,6 +530,11 @@ def _products(*shapes: tuple[int, int, int, int]) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def _address(a: np.ndarray) -> int:
+    """The address of a numpy array's data (``a.ctypes.data`` costs ~10 times more)."""
+    return a.__array_interface__["data"][0]
+
+
 @functools.cache
 def _normal_draws_split(numel: int) -> bool:
     """True if one ``normal_`` draw of ``r * numel`` numbers gives the numbers of ``r`` draws of
@@ -584,7 +590,7 @@ class _Loop:
         n_in, n_out = (n + h + 1, 4 * h) if forward else (4 * h, n + h + 1)
         p = plan_of(io)
         ideal = is_ideal(io)  # the reference does one matmul and nothing else
-        self.plan, self.generator, self.T = p, generator, T
+        self.plan, self.generator, self.T, self.B, self.n_in = p, generator, T, B, n_in
         self.in_side = not (ideal or p.identity_input)  # else the matmul reads x itself
         self.noise_on = p.noise and not ideal
         self.sto = p.sto and not ideal
@@ -603,11 +609,9 @@ class _Loop:
         # some BLAS its rounding, depend on it).
         self.xq_stride = -(-B * n_in // 16) * 16 if self.keep else B * n_in
         self.x_q_t = torch.empty(kept, self.xq_stride)
-        self.x_qs = self.x_q_t.as_strided((kept, B, n_in), (self.xq_stride, n_in, 1)).unbind(0)
         self.x_h = torch.empty(B, h + 1)  # forward split: q([h_{t-1}; 1]), the step's input
         self.u_t = torch.empty(B, n_in)  # stochastic rounding's uniforms
         self.noise_t = torch.empty(T if self.keep else self.ahead, stride)
-        self.noise_rows = self.noise_t.unbind(0) if self.keep and self.ahead == 1 else None
         self.alpha = np.ones((kept, B), np.float32)
         self.sat_rows = np.empty(B, np.int64)
         self.split_at = np.ones(T, np.int64)  # forward: read t is split
@@ -617,13 +621,25 @@ class _Loop:
         self.ptr = np.zeros(18, np.int64)
         self.hold({P_OUT: self.out_t, P_NOISE: self.noise_t, P_U: self.u_t, P_XQ: self.x_q_t})
         self.hold({P_XH: self.x_h})
-        self.ptr[P_ALPHA], self.ptr[P_SAT] = self.alpha.ctypes.data, self.sat_rows.ctypes.data
-        self.ptr[P_SPLIT] = self.split_at.ctypes.data
+        self.ptr[P_ALPHA], self.ptr[P_SAT] = _address(self.alpha), _address(self.sat_rows)
+        self.ptr[P_SPLIT] = _address(self.split_at)
         bm = p.bm and p.max_bm_factor > 1 and not ideal
         mode = (not ideal, self.in_side, self.noise_on, self.sto, bm)
         self.dim = np.array(
             [T, B, n, h, self.ahead, *mode, split, self.xq_stride, stride], np.int64
         )
+
+    @cached_property
+    def x_qs(self) -> tuple[torch.Tensor, ...]:
+        """The DAC's output of each kept step, (B, n_in) views (made on first use: the
+        compiled runs need only the buffer's address)."""
+        kept, B, n_in = self.x_q_t.shape[0], self.B, self.n_in
+        return self.x_q_t.as_strided((kept, B, n_in), (self.xq_stride, n_in, 1)).unbind(0)
+
+    @cached_property
+    def noise_rows(self) -> tuple[torch.Tensor, ...] | None:
+        """Each read's row of ``noise_t`` when the backward split draws one read at a time."""
+        return self.noise_t.unbind(0) if self.keep and self.ahead == 1 else None
 
     def hold(self, tensors: dict[int, torch.Tensor]) -> None:
         """Put the addresses of contiguous float32 CPU tensors into their ``ptr`` slots
