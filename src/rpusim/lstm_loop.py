@@ -42,8 +42,9 @@ import torch
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from rpusim import blas
+from rpusim import blas, ordered
 from rpusim.config import IOConfig
+from rpusim.ordered import ordered_at
 from rpusim.periphery import is_ideal
 from rpusim.periphery.noise import padded
 from rpusim.periphery.numba import float32_at, input_side, output_side, reread_saturated
@@ -457,6 +458,7 @@ def input_ahead(x, bias, alpha, rec, x_q):
 # the split and the whole read the inner size, the input's address (+ x_step bytes per step) and
 # the weights' (forward: split [W_h, w_bias]^T as X_M, whole W as X_WT; backward: X_M only).
 R_FN, R_B, R_M, R_C, R_KS, R_XS, R_WS, R_K, R_X, R_XSTEP, R_W = range(11)
+R_ORDERED = 11  # the split's step product sums in input order (rpusim.ordered), not by sgemm
 
 
 @_jit
@@ -472,7 +474,10 @@ def forward_run(t0, t1, k0, ptr, dim, rec, prod, scratch):
     for t in range(t0, t1):
         if split and split_at[t] != 0:
             ks = prod[R_KS]
-            blas.gemm(fn, blas.X_M, B, m, ks, prod[R_XS], ks, prod[R_WS], c, scratch)
+            if prod[R_ORDERED] != 0:
+                ordered_at(B, m, ks, prod[R_XS], ks, prod[R_WS], c)
+            else:
+                blas.gemm(fn, blas.X_M, B, m, ks, prod[R_XS], ks, prod[R_WS], c, scratch)
         else:
             x = prod[R_X] + t * prod[R_XSTEP]
             blas.gemm(fn, blas.X_WT, B, m, prod[R_K], x, prod[R_K], prod[R_W], c, scratch)
@@ -504,18 +509,34 @@ def backward_run(t0, k0, k1, ptr, dim, rec, prod, scratch):
         if n_sat > 0:
             return t, n_sat
         x = prod[R_X] + t * prod[R_XSTEP]
-        blas.gemm(fn, blas.X_M, B, m, kk, x, kk, prod[R_W], c, scratch)
+        if prod[R_ORDERED] != 0:
+            ordered_at(B, m, kk, x, kk, prod[R_W], c)
+        else:
+            blas.gemm(fn, blas.X_M, B, m, kk, x, kk, prod[R_W], c, scratch)
     return -1, 0
 
 
-def _product_table(B, m, out, k, x, x_step, w, split=(0, 0, 0)) -> np.ndarray:
+def _product_table(B, m, out, k, x, x_step, w, split=(0, 0, 0), in_order=False) -> np.ndarray:
     """The ``prod`` table of :func:`forward_run` / :func:`backward_run` (see ``R_*``): the
     product ``out (B, m) = x_t (B, k) @ w`` with ``x_t`` at ``x`` + ``x_step`` bytes per step;
-    ``split``: ``(k, x address, w address)`` of the forward split's product, or zeros."""
+    ``split``: ``(k, x address, w address)`` of the forward split's product, or zeros;
+    ``in_order``: the split's product (forward) or the step's (backward split) sums in input
+    order (:mod:`rpusim.ordered`)."""
     ks, xs, ws = split
     fn = blas.sgemm_address()
     row = [fn, B, m, out.data_ptr(), ks, xs, ws, k, x.data_ptr(), x_step, w.data_ptr()]
+    row.append(int(in_order))
     return np.array(row, np.int64)
+
+
+def _mm_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    torch.mm(x, w, out=out)
+
+
+def _product_of(in_order: bool):
+    """The Python loops' product ``f(x, w, out)``: in input order (:mod:`rpusim.ordered`, the
+    split reads' steps of few rows) or ``torch.mm``."""
+    return ordered.ordered_into if in_order else _mm_into
 
 
 def _products(*shapes: tuple[int, int, int, int]) -> bool:
@@ -728,15 +749,19 @@ def forward_sequence(
         loop.draw_uniforms()
     step(-1, CELL, 0, ptr, dim, rec)  # the input side of read 0
     n_in = n + h + 1
+    in_order = split and ordered.applies(x_h)  # the split's step product (rpusim.ordered)
+    split_mm = _product_of(in_order)
     compiled = (
         not sto
         and weights.is_contiguous()
-        and _products((blas.X_WT, B, m, n_in), *([(blas.X_M, B, m, h + 1)] if split else []))
+        and _products(
+            (blas.X_WT, B, m, n_in), *([(blas.X_M, B, m, h + 1)] if split and not in_order else [])
+        )
     )
     if compiled:  # the same steps, the products called from compiled code
         x_t, x_step = (loop.x_qs[0], 0) if Zs is None else (Z, 4 * B * n_in)
         split_product = (h + 1, x_h.data_ptr(), w_hb_t.data_ptr()) if split else (0, 0, 0)
-        prod = _product_table(B, m, a_t, n_in, x_t, x_step, weights, split_product)
+        prod = _product_table(B, m, a_t, n_in, x_t, x_step, weights, split_product, in_order)
         scratch = np.zeros(8, np.int64)
         t = 0
         while t < T:
@@ -752,7 +777,7 @@ def forward_sequence(
         return
     for t in range(T):
         if split and split_at[t]:
-            mm(x_h, w_hb_t, out=a_t)
+            split_mm(x_h, w_hb_t, a_t)
         else:
             mm(x_q_t if Zs is None else Zs[t], matrix, out=a_t)
         if noise_on and t >= loop.k1:
@@ -800,15 +825,19 @@ def backward_sequence(
     matrix, z_t = weights[:, n:-1].contiguous() if split else weights, loop.out_t
     dAs = None if loop.in_side else dA.unbind(0)  # the matmul reads da_t itself
     x_qs = loop.x_qs if split else loop.x_qs * T
-    step, mm, phase = backward_step, torch.mm, OUTPUT if sto else BOTH
+    step, phase = backward_step, OUTPUT if sto else BOTH
     n_out = z_t.shape[1]
-    compiled = not sto and matrix.is_contiguous() and _products((blas.X_M, B, n_out, m))
+    in_order = split and ordered.applies(z_t)  # the step's product of W_h (rpusim.ordered)
+    step_mm = _product_of(in_order)
+    compiled = (
+        not sto and matrix.is_contiguous() and (in_order or _products((blas.X_M, B, n_out, m)))
+    )
     if compiled:  # each step with its read's product in one compiled call
         if dAs is None:  # the DAC's outputs: kept per step (split) or one buffer
             x_t, x_step = x_qs[0], 4 * loop.xq_stride if split else 0
         else:
             x_t, x_step = dA, 4 * B * m
-        prod = _product_table(B, n_out, z_t, m, x_t, x_step, matrix)
+        prod = _product_table(B, n_out, z_t, m, x_t, x_step, matrix, in_order=in_order)
         scratch = np.zeros(8, np.int64)
     k = 0  # where the last read's output noise is in the noise buffer
     if compiled:  # the same steps, in runs of compiled steps (backward_run)
@@ -822,7 +851,7 @@ def backward_sequence(
                 k = T - 2 - t - loop.k0
                 loop.reread(T - 2 - t, dA[t + 1], matrix, DZ[t + 1].numpy(), n_sat)
                 step(t, CELL, k, ptr, dim, rec)
-                mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
+                step_mm(x_qs[t] if dAs is None else dAs[t], matrix, z_t)
                 t -= 1
         if noise_on and loop.k1 < T:
             loop.draw_noise(T - 1)
@@ -837,7 +866,7 @@ def backward_sequence(
                 if sto:
                     loop.draw_uniforms()
                 step(t, CELL, k, ptr, dim, rec)
-            mm(x_qs[t] if dAs is None else dAs[t], matrix, out=z_t)
+            step_mm(x_qs[t] if dAs is None else dAs[t], matrix, z_t)
             if noise_on and T - 1 - t >= loop.k1:
                 loop.draw_noise(T - 1 - t)
             k = T - 1 - t - loop.k0

@@ -22,7 +22,9 @@ stays the same read (``docs/model.md`` section 7.1 says when, and why):
 Random draws are unchanged: each read draws its stochastic-rounding uniforms and its output noise
 from the tile's generator as a whole read does, in the same order and the same shapes. Only the
 float32 sums of the array are grouped differently (by parts of the tile, and for all steps at
-once), so a split read and a whole read differ by float32 rounding before the ADC.
+once), so a split read and a whole read differ by float32 rounding before the ADC. A step's
+product of few rows (the batch, at most ``rpusim.ordered.ROWS``) sums in input order
+(:func:`rpusim.ordered.product`), not in the BLAS's grouping.
 
 This module is the plain torch reference of the split reads; the CPU twin is the fused time loop
 (:mod:`rpusim.lstm_loop`), held to it bit for bit. Shapes: ``n`` inputs, ``h`` units, the tile
@@ -35,6 +37,7 @@ from typing import NamedTuple
 
 import torch
 
+from rpusim import ordered
 from rpusim.config import IOConfig
 from rpusim.periphery import analog_mvm_reference, is_ideal, noise_managed, quantize
 from rpusim.periphery.noise import output_noise
@@ -129,7 +132,7 @@ def forward_read(
     n, w_hb_t = tile.n, tile.w_hb_t
 
     def array(x_q: torch.Tensor) -> torch.Tensor:
-        return p + x_q[:, n:].contiguous() @ w_hb_t
+        return p + ordered.product(x_q[:, n:].contiguous(), w_hb_t)
 
     return analog_mvm_reference(tile.weights, z, io, generator, array=array)
 
@@ -150,7 +153,7 @@ def backward_read(
     n, h = tile.n, tile.w_h.shape[1]
     beta, d_hat = noise_managed(d, io)
     d_q = quantize(d_hat, io.inp_bits, io.inp_bound, io.inp_sto_round, generator)
-    s = d_q @ tile.w_h
+    s = ordered.product(d_q, tile.w_h)
     noise_x = None
     if io.out_noise > 0:
         shape = (d.shape[0], tile.weights.shape[1])
