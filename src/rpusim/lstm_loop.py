@@ -650,12 +650,11 @@ class _Loop:
             [T, B, n, h, self.ahead, *mode, split, self.xq_stride, stride], np.int64
         )
 
-    @cached_property
-    def x_qs(self) -> tuple[torch.Tensor, ...]:
-        """The DAC's output of each kept step, (B, n_in) views (made on first use: the
-        compiled runs need only the buffer's address)."""
-        kept, B, n_in = self.x_q_t.shape[0], self.B, self.n_in
-        return self.x_q_t.as_strided((kept, B, n_in), (self.xq_stride, n_in, 1)).unbind(0)
+    def x_q(self, t: int) -> torch.Tensor:
+        """The DAC's output of step ``t`` (B, n_in), a view (the one buffer unless every step's
+        is kept)."""
+        row = self.x_q_t[t if self.keep else 0]
+        return row[: self.B * self.n_in].view(self.B, self.n_in)
 
     @cached_property
     def noise_rows(self) -> tuple[torch.Tensor, ...] | None:
@@ -726,7 +725,7 @@ def forward_sequence(
     loop = _Loop(io, generator, T, B, n, h, forward=True, split=split)
     loop.hold({P_G: G, P_C: C, P_TC: TC, P_Z: Z})
     ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.plan.record, loop.sto, loop.noise_on
-    matrix, a_t, x_q_t = weights.t(), loop.out_t, loop.x_qs[0]
+    matrix, a_t, x_q_t = weights.t(), loop.out_t, loop.x_q(0)
     Zs = None if loop.in_side else Z.unbind(0)  # the matmul reads z_t itself
     split_at, x_h = loop.split_at, loop.x_h
     if split:
@@ -759,7 +758,7 @@ def forward_sequence(
         )
     )
     if compiled:  # the same steps, the products called from compiled code
-        x_t, x_step = (loop.x_qs[0], 0) if Zs is None else (Z, 4 * B * n_in)
+        x_t, x_step = (x_q_t, 0) if Zs is None else (Z, 4 * B * n_in)
         split_product = (h + 1, x_h.data_ptr(), w_hb_t.data_ptr()) if split else (0, 0, 0)
         prod = _product_table(B, m, a_t, n_in, x_t, x_step, weights, split_product, in_order)
         scratch = np.zeros(8, np.int64)
@@ -824,7 +823,6 @@ def backward_sequence(
     ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.plan.record, loop.sto, loop.noise_on
     matrix, z_t = weights[:, n:-1].contiguous() if split else weights, loop.out_t
     dAs = None if loop.in_side else dA.unbind(0)  # the matmul reads da_t itself
-    x_qs = loop.x_qs if split else loop.x_qs * T
     step, phase = backward_step, OUTPUT if sto else BOTH
     n_out = z_t.shape[1]
     in_order = split and ordered.applies(z_t)  # the step's product of W_h (rpusim.ordered)
@@ -834,7 +832,7 @@ def backward_sequence(
     )
     if compiled:  # each step with its read's product in one compiled call
         if dAs is None:  # the DAC's outputs: kept per step (split) or one buffer
-            x_t, x_step = x_qs[0], 4 * loop.xq_stride if split else 0
+            x_t, x_step = loop.x_q(0), 4 * loop.xq_stride if split else 0
         else:
             x_t, x_step = dA, 4 * B * m
         prod = _product_table(B, n_out, z_t, m, x_t, x_step, matrix, in_order=in_order)
@@ -851,7 +849,7 @@ def backward_sequence(
                 k = T - 2 - t - loop.k0
                 loop.reread(T - 2 - t, dA[t + 1], matrix, DZ[t + 1].numpy(), n_sat)
                 step(t, CELL, k, ptr, dim, rec)
-                step_mm(x_qs[t] if dAs is None else dAs[t], matrix, z_t)
+                step_mm(loop.x_q(t) if dAs is None else dAs[t], matrix, z_t)
                 t -= 1
         if noise_on and loop.k1 < T:
             loop.draw_noise(T - 1)
@@ -866,7 +864,7 @@ def backward_sequence(
                 if sto:
                     loop.draw_uniforms()
                 step(t, CELL, k, ptr, dim, rec)
-            step_mm(x_qs[t] if dAs is None else dAs[t], matrix, z_t)
+            step_mm(loop.x_q(t) if dAs is None else dAs[t], matrix, z_t)
             if noise_on and T - 1 - t >= loop.k1:
                 loop.draw_noise(T - 1 - t)
             k = T - 1 - t - loop.k0
