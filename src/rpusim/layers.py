@@ -632,11 +632,14 @@ class AnalogLSTM:
         grad_hT: torch.Tensor | None = None,
         grad_cT: torch.Tensor | None = None,
         input_grad: bool = True,
+        lr: float | None = None,
     ) -> torch.Tensor | None:
         """grad_hs: dloss/d(output) (T, B, h); grad_hT, grad_cT: (layers, B, h) or ``None``.
 
         Returns dloss/dx (T, B, n_in), or ``None`` with ``input_grad`` False (the first layer
-        then skips what only dx needs). Each layer records its pairs for :meth:`apply_update`.
+        then skips what only dx needs). Each layer records its pairs for :meth:`apply_update`;
+        with ``lr``, each layer applies them right after its backward pass (the same update:
+        no later read of this pass uses that layer's tile).
         """
         grad = grad_hs
         for k in range(self.num_layers - 1, -1, -1):
@@ -649,6 +652,8 @@ class AnalogLSTM:
                 None if grad_cT is None else grad_cT[k],
                 input_grad=input_grad or k > 0,
             )
+            if lr is not None:
+                self.layers[k].apply_update(lr)
         return grad
 
     def apply_update(self, lr: float) -> None:

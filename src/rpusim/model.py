@@ -165,13 +165,15 @@ class CharLSTM:
         the new state. The gradient is that of this mean (see the module docstring for the
         learning-rate scale); the ``T B`` pairs of each tile are applied in the order time
         steps, then batch rows. Same as :meth:`forward_backward` then :meth:`apply_update` (for
-        a float model through torch's LSTM, :meth:`_train_step_torch`: the same to rounding).
+        a float model through torch's LSTM, :meth:`_train_step_torch`: the same to rounding);
+        each tile is updated right after its backward read, while its pairs and weights are in
+        the caches (no later read of the step uses that tile, and each tile's update reads only
+        its own pairs, weights and random stream, so the order changes nothing).
         """
         if self.torch_lstm and self._is_float() and not self._pending():
             return self._train_step_torch(inputs, targets, state, lr)
-        loss, new_state = self.forward_backward(inputs, targets, state)
-        self.apply_update(lr)
-        return loss, new_state
+        with numba_threads_capped(torch.get_num_threads()):
+            return self.forward_backward(inputs, targets, state, lr=lr)
 
     def _is_float(self) -> bool:
         """True when every tile is exactly floating point: an ideal periphery both ways (a read
@@ -246,10 +248,11 @@ class CharLSTM:
 
     @torch.no_grad()
     def forward_backward(
-        self, inputs: torch.Tensor, targets: torch.Tensor, state: State
+        self, inputs: torch.Tensor, targets: torch.Tensor, state: State, lr: float | None = None
     ) -> tuple[float, State]:
         """Forward and backward pass of :meth:`train_step` without the update: every layer
-        records its pairs ``(z, dloss/dy)`` (see ``recorded()`` of the layers).
+        records its pairs ``(z, dloss/dy)`` (see ``recorded()`` of the layers). With ``lr``,
+        each tile's update (:meth:`apply_update`'s) follows its backward read at once.
 
         Returns ``(mean loss per character in nats, new state)``.
         """
@@ -264,7 +267,10 @@ class CharLSTM:
         grad.scatter_add_(1, tgt, torch.full((n, 1), -1.0, device=self.device))
         grad.div_(n)
         grad_hs = self.decoder.backward(grad.view(T, B, self.vocab_size))
-        self.lstm.backward_sequence(grad_hs, input_grad=False)  # no gradient into one-hot inputs
+        if lr is not None:
+            self.decoder.apply_update(lr)
+        # No gradient into the one-hot inputs.
+        self.lstm.backward_sequence(grad_hs, input_grad=False, lr=lr)
         return float(loss), new_state
 
     def apply_update(self, lr: float) -> None:
