@@ -33,6 +33,7 @@ import time
 import numba
 import torch
 
+from rpusim import ordered
 from rpusim.config import RPUConfig
 from rpusim.model import CharLSTM
 
@@ -53,6 +54,14 @@ def _median_s(fn, repeats: int) -> float:
         fn()
         times.append(clock() - t0)
     return statistics.median(times)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ordered_steps(z, w_hb_t, a, da, w_h, dh, steps):
+    """``steps`` time steps' ordered products (forward ``[h; 1]``, backward ``d``)."""
+    for _ in range(steps):
+        ordered.ordered_rows(z, w_hb_t, a)
+        ordered.ordered_rows(da, w_h, dh)
 
 
 def profile(hidden: int, batch: int, replicas: int, repeats: int) -> dict[str, float]:
@@ -97,7 +106,9 @@ def profile(hidden: int, batch: int, replicas: int, repeats: int) -> dict[str, f
         forward ``q([h; 1]) [W_h, w_bias]^T``, backward ``q(d) W_h``, both on contiguous blocks;
         per layer and sequence the input part ahead and the ``dx`` outputs after the loop (the
         first layer's one-hot input part is a column gather, and its ``dx`` is not needed);
-        the output layer reads all T*B rows at once, both ways."""
+        the output layer reads all T*B rows at once, both ways. A step's product of at most
+        ``rpusim.ordered.ROWS`` rows is the ordered product the step itself runs (one
+        replica), else ``bmm``."""
         bufs = []
         for k, (n_out, n_in) in enumerate(shapes):
             h = n_out // 4
@@ -110,12 +121,17 @@ def profile(hidden: int, batch: int, replicas: int, repeats: int) -> dict[str, f
         wd = torch.randn(r, VOCAB, hidden + 1)
         hs, dy = torch.randn(r, SEQ * batch, hidden + 1), torch.randn(r, SEQ * batch, VOCAB)
 
+        in_order = r == 1 and batch <= ordered.ROWS
+
         def run() -> None:
             for w_hb_t, w_h, w_x, z, da, xs, das in bufs:
                 a, dh = torch.empty_like(da), torch.empty(da.shape[0], batch, w_h.shape[2])
                 if w_x is not None:
                     torch.bmm(xs, w_x.transpose(1, 2))
-                for _ in range(SEQ):
+                if in_order:  # from compiled code, as the fused time loops call it
+                    arrays = (z[0], w_hb_t[0], a[0], da[0], w_h[0], dh[0])
+                    _ordered_steps(*(t.numpy() for t in arrays), SEQ)
+                for _ in range(0 if in_order else SEQ):
                     torch.bmm(z, w_hb_t, out=a)
                     torch.bmm(da, w_h, out=dh)
                 if w_x is not None:
