@@ -60,6 +60,9 @@ BOTH, OUTPUT, CELL = 0, 1, 2
 
 #: Most output-noise numbers drawn ahead at once (per direction of one layer).
 NOISE_AHEAD = 1 << 16
+#: Reads drawn ahead at most once a read of the sequence needed bound management (a re-read
+#: takes back the draws after its read and draws those up to it again).
+REREAD_AHEAD = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -685,7 +688,7 @@ class _Loop:
         elif self.keep:
             rows = self.noise_t[k : k + n]
         else:
-            rows = self.noise_t if n == self.ahead else self.noise_t[:n]
+            rows = self.noise_t if n == self.noise_t.shape[0] else self.noise_t[:n]
         rows.normal_(generator=self.generator)
         self.k0, self.k1 = 0 if self.keep else k, k + n
 
@@ -696,6 +699,9 @@ class _Loop:
             self.generator.set_state(self.state)
             self.noise_t[: k + 1 - self.k0].normal_(generator=self.generator)
             self.k1 = k + 1
+            # Where one read saturates, more tend to: draw fewer reads ahead from now on, so
+            # that the next take-back redraws at most REREAD_AHEAD reads (the same numbers).
+            self.ahead = min(self.ahead, REREAD_AHEAD)
         alpha = self.alpha[0]
         reread_saturated(x, matrix, self.plan, self.generator, alpha, self.sat_rows, n, y)
 
