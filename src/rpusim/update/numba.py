@@ -187,17 +187,58 @@ def _apply_block(
     that ``folds``, in float32), or ``step`` ``n`` times in float64 with a fresh normal each,
     rounded to float32 and clipped after each, as the reference does. ``step_n`` and ``step``
     are the model's, bound as globals of this model's copy of the kernel (:func:`kernels`).
+
+    A folding model's row that fired in one slot ``t`` only (most rows: a row's train is
+    short) meets each column that fired in ``t`` once: those come from a list of slot ``t``'s
+    columns (with their input signs and noise seeds), made once per pair on first use, instead
+    of from a walk of the union bitset. The same devices, the same order, the same numbers.
     """
     n_out = w.shape[0]
     n_wd = col_mask.shape[2]
+    n_slots = col_mask.shape[1]
     noisy = std_sqrt[1] != _ZERO
     hit_mask = np.empty(n_wd, np.uint64)
     p = np.empty(params.shape[0], np.float64)  # one device's parameters, in float64
+    # Per slot of the current pair: its columns, their x > 0 and noise seeds (made on demand).
+    fired = np.empty((n_slots, n_wd * 64), np.int64)
+    fired_pos = np.empty((n_slots, n_wd * 64), np.bool_)
+    fired_seed = np.empty((n_slots, n_wd * 64), np.int64)
+    n_fired = np.full(n_slots, -1, np.int64)
+    one_std = std_sqrt[1]
     for k in range(k0, k1):
         kk = k - k0
+        if folds:
+            for t in range(n_slots):
+                n_fired[t] = -1
         for j in range(j0, j1):
             rw = row_word[kk, j]
             if rw == np.uint64(0):
+                continue
+            if folds and rw & (rw - np.uint64(1)) == np.uint64(0):  # one slot, n = 1 each
+                t, _ = _lowest_bit(rw)
+                if n_fired[t] < 0:
+                    q = 0
+                    for wd in range(n_wd):
+                        v = col_mask[kk, t, wd]
+                        while v != np.uint64(0):
+                            b_i, v = _lowest_bit(v)
+                            i = wd * 64 + b_i
+                            fired[t, q] = i
+                            fired_pos[t, q] = x[k, i] > _ZERO
+                            fired_seed[t, q] = c2c_col_seed[i]
+                            q += 1
+                    n_fired[t] = q
+                d_pos = d[k, j] > _ZERO
+                dev_seed = mix32_compiled(c2c_base ^ (k * n_out + j))
+                for q in range(n_fired[t]):
+                    i = fired[t, q]
+                    up = d_pos != fired_pos[t, q]
+                    z = _ZERO
+                    if noisy:
+                        z = table[mix32_compiled(dev_seed ^ fired_seed[t, q]) >> _GAUSS_SHIFT]
+                    v_new = step_n(w[j, i], up, params[0, j, i], params[1, j, i], _ONE,
+                                   one_std, z)  # fmt: skip
+                    w[j, i] = min(max(v_new, w_min[j, i]), w_max[j, i])
                 continue
             # The devices of row j with n > 0 are exactly the columns that fired in a slot
             # where row j fired: the union of those slots' column sets.
