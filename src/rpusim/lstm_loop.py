@@ -44,7 +44,6 @@ from numba.extending import intrinsic
 
 from rpusim import blas, ordered
 from rpusim.config import IOConfig
-from rpusim.ordered import ordered_at
 from rpusim.periphery import is_ideal
 from rpusim.periphery.noise import padded
 from rpusim.periphery.numba import float32_at, input_side, output_side, reread_saturated
@@ -478,7 +477,7 @@ def forward_run(t0, t1, k0, ptr, dim, rec, prod, scratch):
         if split and split_at[t] != 0:
             ks = prod[R_KS]
             if prod[R_ORDERED] != 0:
-                ordered_at(B, m, ks, prod[R_XS], ks, prod[R_WS], c)
+                ordered.ordered_at(B, m, ks, prod[R_XS], ks, prod[R_WS], c)
             else:
                 blas.gemm(fn, blas.X_M, B, m, ks, prod[R_XS], ks, prod[R_WS], c, scratch)
         else:
@@ -513,7 +512,7 @@ def backward_run(t0, k0, k1, ptr, dim, rec, prod, scratch):
             return t, n_sat
         x = prod[R_X] + t * prod[R_XSTEP]
         if prod[R_ORDERED] != 0:
-            ordered_at(B, m, kk, x, kk, prod[R_W], c)
+            ordered.ordered_at(B, m, kk, x, kk, prod[R_W], c)
         else:
             blas.gemm(fn, blas.X_M, B, m, kk, x, kk, prod[R_W], c, scratch)
     return -1, 0

@@ -172,8 +172,7 @@ class CharLSTM:
         """
         if self.torch_lstm and self._is_float() and not self._pending():
             return self._train_step_torch(inputs, targets, state, lr)
-        with numba_threads_capped(torch.get_num_threads()):
-            return self.forward_backward(inputs, targets, state, lr=lr)
+        return self.forward_backward(inputs, targets, state, lr=lr)
 
     def _is_float(self) -> bool:
         """True when every tile is exactly floating point: an ideal periphery both ways (a read
@@ -252,7 +251,8 @@ class CharLSTM:
     ) -> tuple[float, State]:
         """Forward and backward pass of :meth:`train_step` without the update: every layer
         records its pairs ``(z, dloss/dy)`` (see ``recorded()`` of the layers). With ``lr``,
-        each tile's update (:meth:`apply_update`'s) follows its backward read at once.
+        each tile's update (:meth:`apply_update`'s, on as many threads) follows its backward read
+        at once.
 
         Returns ``(mean loss per character in nats, new state)``.
         """
@@ -266,11 +266,18 @@ class CharLSTM:
         grad = logp.exp_()
         grad.scatter_add_(1, tgt, torch.full((n, 1), -1.0, device=self.device))
         grad.div_(n)
-        grad_hs = self.decoder.backward(grad.view(T, B, self.vocab_size))
-        if lr is not None:
-            self.decoder.apply_update(lr)
-        # No gradient into the one-hot inputs.
-        self.lstm.backward_sequence(grad_hs, input_grad=False, lr=lr)
+        # With lr, the updates run on at most torch's threads, as in apply_update.
+        capped = (
+            contextlib.nullcontext()
+            if lr is None
+            else numba_threads_capped(torch.get_num_threads())
+        )
+        with capped:
+            grad_hs = self.decoder.backward(grad.view(T, B, self.vocab_size))
+            if lr is not None:
+                self.decoder.apply_update(lr)
+            # No gradient into the one-hot inputs.
+            self.lstm.backward_sequence(grad_hs, input_grad=False, lr=lr)
         return float(loss), new_state
 
     def apply_update(self, lr: float) -> None:

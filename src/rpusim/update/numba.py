@@ -423,15 +423,28 @@ def scales_of(x_np, d_np, x, d, lr, cfg: UpdateConfig, dw_min):
     """:func:`~rpusim.update.plan.pulse_scales` (``(A, B, bl)`` as numpy arrays), compiled: the
     torch code's ~20 small calls cost ~0.1 ms per update at batch 1. The same numbers (tested);
     inputs with a non-finite entry take the torch code itself."""
-    x_max, d_max = _abs_max_rows(x_np), _abs_max_rows(d_np)
-    if not (np.isfinite(x_max).all() and np.isfinite(d_max).all()):
+    ok, a, b, bl = _checked_scales(x_np, d_np, *_scale_args(lr, cfg, dw_min))
+    if not ok:
         a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)
         return a.numpy(), b.numpy(), bl.numpy()
+    return a, b, bl
+
+
+def _scale_args(lr, cfg: UpdateConfig, dw_min) -> tuple:
+    """The scalar arguments of :func:`_checked_scales` after ``x``, ``d``."""
     d_only = cfg.um_clip == "d_only"
-    return _scales(
-        x_max, d_max, float(lr), cfg.bl, cfg.update_management, cfg.bl_management, d_only,
-        float(dw_min),
-    )  # fmt: skip
+    return float(lr), cfg.bl, cfg.update_management, cfg.bl_management, d_only, float(dw_min)
+
+
+@njit(cache=True, nogil=True)
+def _checked_scales(x, d, lr, bl_max, update_management, bl_management, d_only, dw_min):
+    """``(ok, A, B, bl)``: :func:`_scales` of the rows' ``max |x|``, ``max |d|``; ``ok`` False
+    (and empty arrays) if ``x`` or ``d`` is not finite."""
+    x_max, d_max = _abs_max_rows(x), _abs_max_rows(d)
+    if not (np.isfinite(x_max).all() and np.isfinite(d_max).all()):
+        return False, np.empty(0, np.float32), np.empty(0, np.float32), np.empty(0, np.int64)
+    a, b, bl = _scales(x_max, d_max, lr, bl_max, update_management, bl_management, d_only, dw_min)
+    return True, a, b, bl
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -442,18 +455,11 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
 def _prepare(x, d, lr, bl_max, update_management, bl_management, d_only, dw_min, key):
     """What pass 1 needs besides the pairs, in one compiled call (each of these as a call of its
     own costs a few microseconds of dispatch, an update at batch 1 ~0.1 ms): the pulse scales
-    (:func:`scales_of`; ``ok`` False if ``x`` or ``d`` is not finite, then nothing else is
-    computed) and the streams' bases and line seeds of ``key``."""
-    x_max, d_max = _abs_max_rows(x), _abs_max_rows(d)
+    (:func:`_checked_scales`) and the streams' bases and line seeds of ``key``."""
+    ok, a, b, bl = _checked_scales(
+        x, d, lr, bl_max, update_management, bl_management, d_only, dw_min
+    )
     n_in, n_out = x.shape[1], d.shape[1]
-    ok = np.isfinite(x_max).all() and np.isfinite(d_max).all()
-    if ok:
-        a, b, bl = _scales(
-            x_max, d_max, lr, bl_max, update_management, bl_management, d_only, dw_min
-        )
-    else:
-        a, b = np.empty(0, np.float32), np.empty(0, np.float32)
-        bl = np.empty(0, np.int64)
     col_base = mix32_compiled(key ^ rng.STREAM_COL)
     row_base = mix32_compiled(key ^ rng.STREAM_ROW)
     c2c_base = mix32_compiled(key ^ rng.STREAM_C2C)
@@ -491,16 +497,11 @@ def pulsed_update_numba(
     n_out, n_in = w.shape
     n_pairs = x.shape[0]
     x_np, d_np = _as_numpy(x), _as_numpy(d)
-    d_only = cfg.um_clip == "d_only"
     ok, a_np, b_np, bl_np, col_base, row_base, c2c_base, col_seed, row_seed, c2c_col_seed = (
-        _prepare(
-            x_np, d_np, float(lr), cfg.bl, cfg.update_management, cfg.bl_management, d_only,
-            float(dw_min), key,
-        )
-    )  # fmt: skip
+        _prepare(x_np, d_np, *_scale_args(lr, cfg, dw_min), key)
+    )
     if not ok:  # a non-finite x or d: the torch code's scales (and its errors)
-        a, b, bl = pulse_scales(x, d, lr, cfg, dw_min)
-        a_np, b_np, bl_np = a.numpy(), b.numpy(), bl.numpy()
+        a_np, b_np, bl_np = scales_of(x_np, d_np, x, d, lr, cfg, dw_min)
     w_np = w.detach().numpy() if w.is_contiguous() else w.detach().contiguous().numpy()
     params = _as_numpy(dev.params)
     consts = np.asarray(dev.consts, np.float64)
