@@ -114,15 +114,42 @@ def _fire_threshold(prob):
 
 
 @njit(cache=True, nogil=True)
-def _fire_words(slot_seed, n_slots, line_seed, thr, words):
+def _thresholds(v, scale, k0, k1, out):
+    """``out[kk, l] = _fire_threshold(min(1, scale[k] |v[k, l]|))`` for the pairs
+    ``k0 <= k < k1`` (``kk = k - k0``): every line's firing threshold, in one loop over each
+    pair's lines that vectorizes."""
+    n = v.shape[1]
+    for kk in range(k1 - k0):
+        s = scale[k0 + kk]
+        for line in range(n):
+            out[kk, line] = _fire_threshold(min(_ONE, s * abs(v[k0 + kk, line])))
+
+
+@njit(cache=True, nogil=True)
+def _fire_words(slot_seed, n_slots, line_seed, thr, words, acc):
     """Pack each line's pulse train into a word: bit ``t`` of ``words[l]`` is set when line
     ``l`` fires in slot ``t``, i.e. when ``u(slot_seed[t], line_seed[l]) < prob[l]``, computed
     as ``hash >> 8 < thr[l]`` (:func:`_fire_threshold`; ``line_seed`` uint32).
 
-    Lines run along the inner loop, which vectorizes. ``prob >= 1`` fires in every slot and
-    ``prob = 0`` in none, exactly as in the reference (``0 <= u < 1``).
+    Lines run along the inner loop, which vectorizes. Trains of at most 32 slots (BL <= 32)
+    collect in the uint32 scratch ``acc`` (one per line) and are widened at the end: with
+    every lane 32 bits wide the loop takes twice the lines per vector instruction as with the
+    uint64 words (1.6x faster at BL 10). ``prob >= 1`` fires in every slot and ``prob = 0`` in
+    none, exactly as in the reference (``0 <= u < 1``).
     """
     n_lines = words.shape[0]
+    if n_slots <= 32:
+        for line in range(n_lines):
+            acc[line] = np.uint32(0)
+        for t in range(n_slots):
+            slot = np.uint32(slot_seed[t])
+            bit32 = np.uint32(1) << np.uint32(t)
+            for line in range(n_lines):
+                m = _mix32_u32(np.uint32(slot ^ line_seed[line])) >> np.uint32(8)
+                acc[line] |= bit32 if m < thr[line] else np.uint32(0)
+        for line in range(n_lines):
+            words[line] = np.uint64(acc[line])
+        return
     for line in range(n_lines):
         words[line] = np.uint64(0)
     for t in range(n_slots):
@@ -145,7 +172,15 @@ def _pulse_pass(
     """
     n_in, n_out = x.shape[1], d.shape[1]
     n_wd = col_mask.shape[2]
-    for kk in prange(k1 - k0):
+    n_pairs = k1 - k0
+    # Every pair's own rows of scratch, made once per call (not per pair).
+    p = np.empty((n_pairs, n_in), np.uint32)
+    q = np.empty((n_pairs, n_out), np.uint32)
+    _thresholds(x, a, k0, k1, p)
+    _thresholds(d, b, k0, k1, q)
+    acc = np.empty((n_pairs, max(n_in, n_out)), np.uint32)
+    slot_seeds = np.empty((n_pairs, rng.MAX_BL), np.int64)
+    for kk in prange(n_pairs):
         k = k0 + kk
         n_slots = bl[k]
         for t in range(n_slots):
@@ -156,19 +191,13 @@ def _pulse_pass(
             col_word[kk, :] = np.uint64(0)
             row_word[kk, :] = np.uint64(0)
             continue
-        slot_seed = np.empty(n_slots, np.int64)
-        p = np.empty(n_in, np.uint32)
-        for i in range(n_in):
-            p[i] = _fire_threshold(min(_ONE, ak * abs(x[k, i])))
+        slot_seed = slot_seeds[kk]
         for t in range(n_slots):
             slot_seed[t] = mix32_compiled(col_base ^ (k * rng.MAX_BL + t))
-        _fire_words(slot_seed, n_slots, col_seed, p, col_word[kk])
-        q = np.empty(n_out, np.uint32)
-        for j in range(n_out):
-            q[j] = _fire_threshold(min(_ONE, bk * abs(d[k, j])))
+        _fire_words(slot_seed, n_slots, col_seed, p[kk], col_word[kk], acc[kk])
         for t in range(n_slots):
             slot_seed[t] = mix32_compiled(row_base ^ (k * rng.MAX_BL + t))
-        _fire_words(slot_seed, n_slots, row_seed, q, row_word[kk])
+        _fire_words(slot_seed, n_slots, row_seed, q[kk], row_word[kk], acc[kk])
         for i in range(n_in):
             word = col_word[kk, i]
             bit = np.uint64(1) << np.uint64(i & 63)
@@ -205,15 +234,29 @@ def _apply_block(
     fired_seed = np.empty((n_slots, n_wd * 64), np.int64)
     n_fired = np.full(n_slots, -1, np.int64)
     one_std = std_sqrt[1]
+    rows = np.empty(j1 - j0, np.int64)
     for k in range(k0, k1):
         kk = k - k0
         if folds:
             for t in range(n_slots):
                 n_fired[t] = -1
+        # The rows that fired in a slot in which some column fired (the others meet no
+        # column), listed without a branch per row: a branch per row mispredicts at every
+        # fired row of the sparse trains.
+        live = np.uint64(0)
+        for t in range(n_slots):
+            any_col = np.uint64(0)
+            for wd in range(n_wd):
+                any_col |= col_mask[kk, t, wd]
+            if any_col != np.uint64(0):
+                live |= np.uint64(1) << np.uint64(t)
+        n_rows = 0
         for j in range(j0, j1):
+            rows[n_rows] = j
+            n_rows += (row_word[kk, j] & live) != np.uint64(0)
+        for r in range(n_rows):
+            j = rows[r]
             rw = row_word[kk, j]
-            if rw == np.uint64(0):
-                continue
             if folds and rw & (rw - np.uint64(1)) == np.uint64(0):  # one slot, n = 1 each
                 t, _ = _lowest_bit(rw)
                 if n_fired[t] < 0:
