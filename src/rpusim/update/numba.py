@@ -8,14 +8,16 @@ the array would see coincidences:
   (``BL <= 64``), for every column and every row; and for every slot, a bitset of the columns
   that fired in it. The count of device ``ij`` is ``popcount(row_word_j & col_word_i)``.
 * pass 2, parallel over blocks of weight rows: a row's devices see the pairs in order
-  ``k = 0 .. K-1`` and rows never interact, so blocks need no synchronisation. A row whose word
-  is 0 (most rows, for the small errors of a trained network) is skipped at once; for the
-  others, the devices with ``n > 0`` are the union of the column bitsets of the slots in which
-  the row fired, walked bit by bit. No device without a coincidence is visited.
+  ``k = 0 .. K-1`` and rows never interact, so blocks need no synchronisation. Per pair, the
+  rows that fired in a slot in which some column fired are listed first (most rows do not
+  fire, for the small errors of a trained network); for those, the devices with ``n > 0`` are
+  the union of the column bitsets of the slots in which the row fired, walked bit by bit. No
+  device without a coincidence is visited.
 
 Pairs are processed in chunks of at most ``CHUNK``, so the scratch memory is
-``CHUNK * (in + out + BL * in / 64)`` words whatever ``K`` (besides the caller's ``x``, ``d``
-and ``w``): never a ``(K, out, in)`` or ``(K, BL, in)`` array.
+``CHUNK * (1.5 (in + out) + BL * in / 64)`` words (the pulse words, the lines' 32-bit firing
+thresholds, the slot bitsets) whatever ``K`` (besides the caller's ``x``, ``d`` and ``w``):
+never a ``(K, out, in)`` or ``(K, BL, in)`` array.
 
 Exactness: every random number comes from :func:`rpusim.rng.mix32`, the very function the
 reference evaluates on tensors, compiled here on int64 scalars with the same masks; ``sqrt(n)``
@@ -173,13 +175,11 @@ def _pulse_pass(
     n_in, n_out = x.shape[1], d.shape[1]
     n_wd = col_mask.shape[2]
     n_pairs = k1 - k0
-    # Every pair's own rows of scratch, made once per call (not per pair).
+    # Every pair's lines' thresholds, in one loop that vectorizes.
     p = np.empty((n_pairs, n_in), np.uint32)
     q = np.empty((n_pairs, n_out), np.uint32)
     _thresholds(x, a, k0, k1, p)
     _thresholds(d, b, k0, k1, q)
-    acc = np.empty((n_pairs, max(n_in, n_out)), np.uint32)
-    slot_seeds = np.empty((n_pairs, rng.MAX_BL), np.int64)
     for kk in prange(n_pairs):
         k = k0 + kk
         n_slots = bl[k]
@@ -191,13 +191,14 @@ def _pulse_pass(
             col_word[kk, :] = np.uint64(0)
             row_word[kk, :] = np.uint64(0)
             continue
-        slot_seed = slot_seeds[kk]
+        slot_seed = np.empty(n_slots, np.int64)
+        acc = np.empty(max(n_in, n_out), np.uint32)
         for t in range(n_slots):
             slot_seed[t] = mix32_compiled(col_base ^ (k * rng.MAX_BL + t))
-        _fire_words(slot_seed, n_slots, col_seed, p[kk], col_word[kk], acc[kk])
+        _fire_words(slot_seed, n_slots, col_seed, p[kk], col_word[kk], acc)
         for t in range(n_slots):
             slot_seed[t] = mix32_compiled(row_base ^ (k * rng.MAX_BL + t))
-        _fire_words(slot_seed, n_slots, row_seed, q[kk], row_word[kk], acc[kk])
+        _fire_words(slot_seed, n_slots, row_seed, q[kk], row_word[kk], acc)
         for i in range(n_in):
             word = col_word[kk, i]
             bit = np.uint64(1) << np.uint64(i & 63)
