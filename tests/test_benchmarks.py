@@ -47,3 +47,16 @@ def test_rpusim_bench_algorithms_adds_a_row_per_algorithm(monkeypatch):
         assert (f"alg:{name}", 1) in rows and (f"alg:{name}", 32) in rows
     assert "sgd" not in bench.algorithm_rows() and "c_ttv2" in bench.algorithm_rows()
     assert {(128, 1, "agad"), (128, 32, "mixed_precision")} <= set(made)
+
+
+def test_update_parts_times_each_tile_of_a_real_step(capsys):
+    update_parts = load("update_parts")
+    tiles = update_parts.recorded_pairs(steps=1, hidden=8)
+    assert [tuple(t.weights.shape) for t, _, _ in tiles] == [(32, 96), (32, 17), (87, 9)]
+    tile, x, d = tiles[0]
+    p = update_parts.parts(tile, x, d, repeats=1)
+    assert all(p[k] > 0 for k in ("pass 1", "pass 2", "update"))
+    assert p["rows fired"] <= d.shape[1] and 0 <= p["one slot"] <= 1
+    update_parts.main(["--steps", "1", "--hidden", "8", "--repeats", "1"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert len(table) == 4 and all(line.count("|") == 10 for line in table)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from functools import cached_property
 
 import numpy as np
@@ -613,7 +614,10 @@ class _Loop:
         n_in, n_out = (n + h + 1, 4 * h) if forward else (4 * h, n + h + 1)
         p = plan_of(io)
         ideal = is_ideal(io)  # the reference does one matmul and nothing else
-        self.plan, self.generator, self.T, self.B, self.n_in = p, generator, T, B, n_in
+        self.plan, self.T, self.B, self.n_in = p, T, B, n_in
+        self.io, self.forward, self.split = io, forward, split
+        # Weakly: the loops are kept per generator (loop_for), which must not keep it alive.
+        self._generator = None if generator is None else weakref.ref(generator)
         self.in_side = not (ideal or p.identity_input)  # else the matmul reads x itself
         self.noise_on = p.noise and not ideal
         self.sto = p.sto and not ideal
@@ -624,6 +628,7 @@ class _Loop:
         self.noise_stride = stride = padded(B * n_out)
         if self.noise_on and not self.sto and generator is not None and _normal_draws_split(stride):
             self.ahead = max(1, min(T, NOISE_AHEAD // stride))
+        self.ahead_first = self.ahead  # reset by reset() (a re-read lowers ahead)
         kept = T if self.keep else 1
         # The matmul's output: the backward split's sums of the dh outputs only.
         self.out_t = torch.empty(B, h if self.keep else n_out)
@@ -651,6 +656,19 @@ class _Loop:
         self.dim = np.array(
             [T, B, n, h, self.ahead, *mode, split, self.xq_stride, stride], np.int64
         )
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return None if self._generator is None else self._generator()
+
+    def reset(self) -> None:
+        """Back to the state of a new loop (for the next sequence): no noise drawn, the first
+        draw-ahead size, every read's scale 1 and every forward read split."""
+        self.k0 = self.k1 = 0
+        self.state = None
+        self.ahead = self.ahead_first
+        self.alpha.fill(1.0)
+        self.split_at.fill(1)
 
     def x_q(self, t: int) -> torch.Tensor:
         """The DAC's output of step ``t`` (B, n_in), a view (the one buffer unless every step's
@@ -705,6 +723,36 @@ class _Loop:
         reread_saturated(x, matrix, self.plan, self.generator, alpha, self.sat_rows, n, y)
 
 
+#: Each generator's loops, kept between sequences: making one (buffers, tables) costs ~50 us
+#: within a training step (its memory is cold there), ~0.2 ms of a 2x128 step at batch 1.
+_LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def loop_for(
+    io: IOConfig,
+    generator: torch.Generator | None,
+    T: int,
+    B: int,
+    n: int,
+    h: int,
+    forward: bool,
+    split: bool = False,
+) -> _Loop:
+    """A :class:`_Loop` of these arguments in its initial state: the one this ``generator``
+    (the tile's) used last time for them, reset, or a new one. The loops of a generator go
+    with it; ``io`` is compared by identity (a frozen config)."""
+    if generator is None:
+        return _Loop(io, generator, T, B, n, h, forward, split)
+    loops = _LOOPS.setdefault(generator, {})
+    key = (id(io), T, B, n, h, forward, split)
+    loop = loops.get(key)
+    if loop is None or loop.io is not io:
+        loop = loops[key] = _Loop(io, generator, T, B, n, h, forward, split)
+    else:
+        loop.reset()
+    return loop
+
+
 def forward_sequence(
     weights: torch.Tensor,
     io: IOConfig,
@@ -727,7 +775,7 @@ def forward_sequence(
     T, B, m = G.shape
     h = C.shape[2]
     n = Z.shape[2] - h - 1
-    loop = _Loop(io, generator, T, B, n, h, forward=True, split=split)
+    loop = loop_for(io, generator, T, B, n, h, forward=True, split=split)
     loop.hold({P_G: G, P_C: C, P_TC: TC, P_Z: Z})
     ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.plan.record, loop.sto, loop.noise_on
     matrix, a_t, x_q_t = weights.t(), loop.out_t, loop.x_q(0)
@@ -823,7 +871,7 @@ def backward_sequence(
     T, B, m = G.shape
     h = dc.shape[1]
     n = DZ.shape[2] - h - 1
-    loop = _Loop(io, generator, T, B, n, h, forward=False, split=split)
+    loop = loop_for(io, generator, T, B, n, h, forward=False, split=split)
     loop.hold({P_GH: grad_hs, P_G: G, P_C: C, P_TC: TC, P_DC: dc, P_DA: dA, P_DZ: DZ})
     ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.plan.record, loop.sto, loop.noise_on
     matrix, z_t = weights[:, n:-1].contiguous() if split else weights, loop.out_t
