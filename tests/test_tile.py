@@ -20,6 +20,30 @@ def _run(seed):
     return ys + [tile.get_weights()]
 
 
+def test_child_seed_is_the_first_word_of_numpys_seed_sequence():
+    """The compiled seed derivation (rpusim.seeds) gives numpy's SeedSequence word for entropy
+    of 1 to 7 words (inside and beyond the pool of 4), edge values included, and beyond 32 bits
+    falls back to numpy itself (and its error for a negative value)."""
+    import random
+
+    import numpy as np
+
+    from rpusim.seeds import child_seed
+
+    def numpys(*values):
+        state = np.random.SeedSequence(list(values)).generate_state(1, np.uint32)
+        return int(state[0]) & 0x7FFFFFFF
+
+    rnd = random.Random(0)
+    cases = [(0,), (0, 0), (2**32 - 1, 3), (5, 2**32 - 1, 0), (2**40, 3), (7, 1, 2, 3, 4, 5, 6)]
+    for _ in range(500):
+        pick = [lambda: rnd.randint(0, 9), lambda: rnd.randint(0, 2**32 - 1)]
+        cases.append(tuple(rnd.choice(pick)() for _ in range(rnd.randint(1, 7))))
+    assert [child_seed(*c) for c in cases] == [numpys(*c) for c in cases]
+    with pytest.raises(ValueError, match="non-negative"):
+        child_seed(-1, 2)
+
+
 def test_same_seed_is_bit_identical_and_other_seeds_differ():
     a, b, c = _run(5), _run(5), _run(6)
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))

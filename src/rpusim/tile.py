@@ -10,21 +10,15 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 
 from rpusim.algorithms import make_algorithm
 from rpusim.config import RPUConfig
 from rpusim.devices import DeviceArrays, consts, sample_devices
 from rpusim.periphery import analog_mvm
+from rpusim.seeds import child_seed
 
 _STREAM_DEVICES, _STREAM_FORWARD, _STREAM_BACKWARD, _STREAM_UPDATE = range(4)
-
-
-def child_seed(seed: int, *path: int) -> int:
-    """An independent non-negative 31-bit seed for ``(seed, *path)`` (numpy's SeedSequence)."""
-    state = np.random.SeedSequence([int(seed), *map(int, path)]).generate_state(1, np.uint32)
-    return int(state[0]) & 0x7FFFFFFF
 
 
 def _stream_seed(seed: int, stream: int, counter: int = 0) -> int:
