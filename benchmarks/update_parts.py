@@ -83,7 +83,7 @@ def parts(tile, x: torch.Tensor, d: torch.Tensor, repeats: int) -> dict[str, flo
     dw_min = cfg.device.dw_min
     scale_args = update_numba._scale_args(1.0, cfg.update, dw_min)
     prep = update_numba._prepare(x_np, d_np, *scale_args, key)
-    _, a, b, bl, col_base, row_base, c2c_base, col_seed, row_seed, c2c_col_seed = prep
+    _, a, b, bl, col_base, row_base, c2c_base, col_seed, row_seed, c2c_col_seed = prep[:10]
     max_bl = int(bl.max())
     col_word = np.empty((K, n_in), np.uint64)
     row_word = np.empty((K, n_out), np.uint64)

@@ -168,6 +168,36 @@ def test_dispatch_auto_and_non_contiguous_weights_give_the_reference():
     assert not torch.equal(w_ref, w_other_key)
 
 
+def test_numba_twin_follows_device_arrays_changed_between_calls():
+    """The compiled update keeps numpy views of a tile's device arrays between calls: a step
+    size changed in place, and a bound tensor replaced by another, are what the next call
+    applies (the reference's bits), as is a non-contiguous step tensor."""
+    gen = torch.Generator().manual_seed(7)
+    dev = devices(6, 9, seed=2)
+    x, d = torch.randn(8, 9, generator=gen), 0.3 * torch.randn(8, 6, generator=gen)
+    w0 = 0.3 * torch.randn(6, 9, generator=gen)
+    cfg = UpdateConfig()
+
+    def both_equal(key):
+        w_ref, w_numba = w0.clone(), w0.clone()
+        pulsed_update_reference(w_ref, x, d, 0.5, dev, cfg, 0.001, key=key)
+        numba_update(w_numba, x, d, 0.5, dev, cfg, 0.001, key=key)
+        return torch.equal(w_ref, w_numba), w_numba
+
+    same, first = both_equal(1)
+    assert same
+    dev.params[0].mul_(3.0)  # in place: the cached views see it
+    same, bigger = both_equal(1)
+    assert same and not torch.equal(bigger, first)
+    dev.w_max = torch.full_like(dev.w_max, 0.05)  # replaced: new views
+    same, clipped = both_equal(1)
+    assert same and clipped.max() <= 0.05
+    dev.params = dev.params.transpose(1, 2).contiguous().transpose(1, 2)  # not contiguous
+    dev.params[1].mul_(0.5)
+    same, _ = both_equal(2)
+    assert same
+
+
 # ------------------------------------------------------------------------------------------------
 # Statistics of the update
 # ------------------------------------------------------------------------------------------------

@@ -503,7 +503,8 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
 def _prepare(x, d, lr, bl_max, update_management, bl_management, d_only, dw_min, key):
     """What pass 1 needs besides the pairs, in one compiled call (each of these as a call of its
     own costs a few microseconds of dispatch, an update at batch 1 ~0.1 ms): the pulse scales
-    (:func:`_checked_scales`) and the streams' bases and line seeds of ``key``."""
+    (:func:`_checked_scales`), the streams' bases and line seeds of ``key``, and the longest
+    train (``max(bl)``, 1 without pairs)."""
     ok, a, b, bl = _checked_scales(
         x, d, lr, bl_max, update_management, bl_management, d_only, dw_min
     )
@@ -514,7 +515,8 @@ def _prepare(x, d, lr, bl_max, update_management, bl_management, d_only, dw_min,
     col_seed = _line_seeds(col_base, n_in).astype(np.uint32)
     row_seed = _line_seeds(row_base, n_out).astype(np.uint32)
     c2c_col_seed = _line_seeds(c2c_base, n_in)
-    return ok, a, b, bl, col_base, row_base, c2c_base, col_seed, row_seed, c2c_col_seed
+    max_bl = bl.max() if bl.shape[0] else 1
+    return ok, a, b, bl, col_base, row_base, c2c_base, col_seed, row_seed, c2c_col_seed, max_bl
 
 
 @cache
@@ -524,6 +526,43 @@ def _sqrt_counts() -> np.ndarray:
     table = sqrt_counts().numpy()
     table.flags.writeable = False
     return table
+
+
+#: :func:`_device_args` of recent device arrays, by the identity of their ``params`` tensor
+#: (the entry holds the tensors, so that an id cannot be reused while it is cached).
+_DEVICE_ARGS: dict[int, tuple] = {}
+
+
+def _device_args(dev: DeviceArrays) -> tuple:
+    """``(params, consts, w_min, w_max, apply_pass, folds, c2c_std)``: the devices as pass 2
+    takes them (numpy views of the tensors, the model's compiled pass 2), made once per set of
+    contiguous CPU tensors and reused while ``dev`` holds those very tensors (views share their
+    memory, so a change in place is seen). Made anew each call otherwise (a copy would not
+    follow the tensors). Within a training step the ~10 Python operations cost ~20 us."""
+    tensors = (dev.params, dev.w_min, dev.w_max)
+    hit = _DEVICE_ARGS.get(id(tensors[0]))
+    if (
+        hit is not None
+        and all(a is b for a, b in zip(hit[0], tensors, strict=True))
+        and hit[1] == (dev.kind, dev.consts)
+        and all(t.data_ptr() == p for t, p in zip(tensors, hit[2], strict=True))
+    ):
+        return hit[3]
+    args = (
+        _as_numpy(dev.params),
+        np.asarray(dev.consts, np.float64),
+        _as_numpy(dev.w_min),
+        _as_numpy(dev.w_max),
+        kernels(dev.kind),
+        dev.model.FOLDS,
+        np.float32(dev.dw_min_std),
+    )
+    if all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+        if len(_DEVICE_ARGS) >= 64:
+            _DEVICE_ARGS.clear()
+        pointers = tuple(t.data_ptr() for t in tensors)
+        _DEVICE_ARGS[id(tensors[0])] = (tensors, (dev.kind, dev.consts), pointers, args)
+    return args
 
 
 def pulsed_update_numba(
@@ -545,23 +584,21 @@ def pulsed_update_numba(
     n_out, n_in = w.shape
     n_pairs = x.shape[0]
     x_np, d_np = _as_numpy(x), _as_numpy(d)
+    prepared = _prepare(x_np, d_np, *_scale_args(lr, cfg, dw_min), key)
     ok, a_np, b_np, bl_np, col_base, row_base, c2c_base, col_seed, row_seed, c2c_col_seed = (
-        _prepare(x_np, d_np, *_scale_args(lr, cfg, dw_min), key)
+        prepared[:10]
     )
+    max_bl = int(prepared[10])
     if not ok:  # a non-finite x or d: the torch code's scales (and its errors)
         a_np, b_np, bl_np = scales_of(x_np, d_np, x, d, lr, cfg, dw_min)
+        max_bl = int(bl_np.max()) if n_pairs else 1
     w_np = w.detach().numpy() if w.is_contiguous() else w.detach().contiguous().numpy()
-    params = _as_numpy(dev.params)
-    consts = np.asarray(dev.consts, np.float64)
-    w_min, w_max = _as_numpy(dev.w_min), _as_numpy(dev.w_max)
-    apply_pass = kernels(dev.kind)
+    params, consts, w_min, w_max, apply_pass, folds, c2c_std = _device_args(dev)
     table = rng.normal_table_numpy()
-    c2c_std = np.float32(dev.dw_min_std)
     sqrt_n = _sqrt_counts()
 
     chunk = min(CHUNK, max(n_pairs, 1))
     n_wd = (n_in + 63) // 64
-    max_bl = int(bl_np.max()) if n_pairs else 1
     col_word = np.empty((chunk, n_in), np.uint64)
     row_word = np.empty((chunk, n_out), np.uint64)
     col_mask = np.empty((chunk, max_bl, n_wd), np.uint64)
@@ -587,7 +624,7 @@ def pulsed_update_numba(
             )  # fmt: skip
             apply_pass(
                 w_np, x_np, d_np, k0, k1, row_word, col_word, col_mask,
-                params, consts, w_min, w_max, dev.model.FOLDS,
+                params, consts, w_min, w_max, folds,
                 c2c_std, sqrt_n, c2c_base, c2c_col_seed, table, block_rows,
             )  # fmt: skip
     finally:
