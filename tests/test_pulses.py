@@ -178,24 +178,33 @@ def test_numba_twin_follows_device_arrays_changed_between_calls():
     w0 = 0.3 * torch.randn(6, 9, generator=gen)
     cfg = UpdateConfig()
 
-    def both_equal(key):
+    def both_equal(key, dev):
         w_ref, w_numba = w0.clone(), w0.clone()
         pulsed_update_reference(w_ref, x, d, 0.5, dev, cfg, 0.001, key=key)
         numba_update(w_numba, x, d, 0.5, dev, cfg, 0.001, key=key)
         return torch.equal(w_ref, w_numba), w_numba
 
-    same, first = both_equal(1)
+    same, first = both_equal(1, dev)
     assert same
     dev.params[0].mul_(3.0)  # in place: the cached views see it
-    same, bigger = both_equal(1)
+    same, bigger = both_equal(1, dev)
     assert same and not torch.equal(bigger, first)
     dev.w_max = torch.full_like(dev.w_max, 0.05)  # replaced: new views
-    same, clipped = both_equal(1)
+    same, clipped = both_equal(1, dev)
     assert same and clipped.max() <= 0.05
     dev.params = dev.params.transpose(1, 2).contiguous().transpose(1, 2)  # not contiguous
     dev.params[1].mul_(0.5)
-    same, _ = both_equal(2)
+    same, _ = both_equal(2, dev)
     assert same
+    # What is kept goes with the devices: it pins no dead tile's memory.
+    from rpusim.update import numba as update_numba
+
+    key = id(dev)
+    dev.params = dev.params.contiguous()
+    both_equal(3, dev)
+    assert key in update_numba._DEVICE_ARGS
+    del dev
+    assert key not in update_numba._DEVICE_ARGS
 
 
 # ------------------------------------------------------------------------------------------------

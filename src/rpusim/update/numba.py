@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import weakref
 from functools import cache
 from types import FunctionType
 
@@ -528,24 +529,26 @@ def _sqrt_counts() -> np.ndarray:
     return table
 
 
-#: :func:`_device_args` of recent device arrays, by the identity of their ``params`` tensor
-#: (the entry holds the tensors, so that an id cannot be reused while it is cached).
+#: :func:`_device_args` of the live device arrays, by ``id(dev)``; an entry goes with its
+#: ``DeviceArrays`` (a weak reference's callback), so that it pins no dead tile's memory.
 _DEVICE_ARGS: dict[int, tuple] = {}
 
 
 def _device_args(dev: DeviceArrays) -> tuple:
     """``(params, consts, w_min, w_max, apply_pass, folds, c2c_std)``: the devices as pass 2
     takes them (numpy views of the tensors, the model's compiled pass 2), made once per set of
-    contiguous CPU tensors and reused while ``dev`` holds those very tensors (views share their
-    memory, so a change in place is seen). Made anew each call otherwise (a copy would not
-    follow the tensors). Within a training step the ~10 Python operations cost ~20 us."""
+    contiguous CPU tensors and reused while ``dev`` holds those very tensors at the same
+    addresses (views share their memory, so a change in place is seen). Made anew each call
+    otherwise (a copy would not follow the tensors). Within a training step the ~10 Python
+    operations cost ~20 us."""
     tensors = (dev.params, dev.w_min, dev.w_max)
-    hit = _DEVICE_ARGS.get(id(tensors[0]))
+    state = (dev.kind, dev.consts, tuple(t.data_ptr() for t in tensors))
+    hit = _DEVICE_ARGS.get(id(dev))
     if (
         hit is not None
-        and all(a is b for a, b in zip(hit[0], tensors, strict=True))
-        and hit[1] == (dev.kind, dev.consts)
-        and all(t.data_ptr() == p for t, p in zip(tensors, hit[2], strict=True))
+        and hit[0]() is dev
+        and all(a is b for a, b in zip(hit[1], tensors, strict=True))
+        and hit[2] == state
     ):
         return hit[3]
     args = (
@@ -558,10 +561,9 @@ def _device_args(dev: DeviceArrays) -> tuple:
         np.float32(dev.dw_min_std),
     )
     if all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
-        if len(_DEVICE_ARGS) >= 64:
-            _DEVICE_ARGS.clear()
-        pointers = tuple(t.data_ptr() for t in tensors)
-        _DEVICE_ARGS[id(tensors[0])] = (tensors, (dev.kind, dev.consts), pointers, args)
+        key = id(dev)
+        gone = weakref.ref(dev, lambda _, key=key: _DEVICE_ARGS.pop(key, None))
+        _DEVICE_ARGS[key] = (gone, tensors, state, args)
     return args
 
 
