@@ -615,7 +615,7 @@ class _Loop:
         p = plan_of(io)
         ideal = is_ideal(io)  # the reference does one matmul and nothing else
         self.plan, self.T, self.B, self.n_in = p, T, B, n_in
-        self.io, self.forward, self.split = io, forward, split
+        self.io = io  # loop_for compares it by identity
         # Weakly: the loops are kept per generator (loop_for), which must not keep it alive.
         self._generator = None if generator is None else weakref.ref(generator)
         self.in_side = not (ideal or p.identity_input)  # else the matmul reads x itself
