@@ -168,6 +168,27 @@ def test_dispatch_auto_and_non_contiguous_weights_give_the_reference():
     assert not torch.equal(w_ref, w_other_key)
 
 
+@pytest.mark.parametrize("density", [0.01, 0.5])
+def test_slot_bitsets_walk_and_gather_give_each_slots_columns(density):
+    """Pass 1's per-slot column sets, walked (sparse trains) or gathered (dense ones), are
+    exactly the columns whose train has that slot's bit (an independent loop here)."""
+    import numpy as np
+
+    from rpusim.update.numba import _slot_bitsets
+
+    rs = np.random.RandomState(0)
+    n_in, n_slots = 129, 10
+    fired = rs.random_sample((n_in, n_slots)) < density
+    words = (fired * (1 << np.arange(n_slots))).sum(1).astype(np.uint64)
+    mask = np.full((n_slots + 2, 3), 7, np.uint64)
+    mask[:n_slots] = 0
+    _slot_bitsets(words, n_slots, mask)
+    for t in range(n_slots):
+        cols = [wd * 64 + b for wd in range(3) for b in range(64) if int(mask[t, wd]) >> b & 1]
+        assert cols == list(np.nonzero(fired[:, t])[0])
+    assert (mask[n_slots:] == 7).all()  # the slots past the train untouched
+
+
 def test_numba_twin_follows_device_arrays_changed_between_calls():
     """The compiled update keeps numpy views of a tile's device arrays between calls: a step
     size changed in place, and a bound tensor replaced by another, are what the next call
