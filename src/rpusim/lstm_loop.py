@@ -646,6 +646,7 @@ class _Loop:
         self.k0 = self.k1 = 0  # the noise of reads k0 <= k < k1 is in noise_t[0 .. k1 - k0)
         self.state: torch.Tensor | None = None  # the generator before that draw
 
+        self._kept: dict[str, torch.Tensor] = {}
         self.ptr = np.zeros(18, np.int64)
         self.hold({P_OUT: self.out_t, P_NOISE: self.noise_t, P_U: self.u_t, P_XQ: self.x_q_t})
         self.hold({P_XH: self.x_h})
@@ -669,6 +670,14 @@ class _Loop:
         self.ahead = self.ahead_first
         self.alpha.fill(1.0)
         self.split_at.fill(1)
+
+    def kept(self, name: str, *shape: int) -> torch.Tensor:
+        """A float32 buffer of ``shape`` that this loop keeps from call to call (its contents
+        are the last call's: the caller writes it before reading it)."""
+        buf = self._kept.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._kept[name] = torch.empty(shape)
+        return buf
 
     def x_q(self, t: int) -> torch.Tensor:
         """The DAC's output of step ``t`` (B, n_in), a view (the one buffer unless every step's
@@ -785,17 +794,18 @@ def forward_sequence(
         # The input parts of all steps, converted and read at once (one product).
         x = Z[:T].view(T * B, n + h + 1)[:, :n]
         if loop.in_side:
-            x_q = torch.empty(T * B, n)
-            alpha = torch.ones(T * B)
+            x_q = loop.kept("x_q_ahead", T * B, n)
+            alpha = loop.kept("alpha_ahead", T * B).fill_(1.0)
             input_ahead(x.numpy(), bias, alpha.numpy(), rec, x_q.numpy())
             loop.hold({P_ALPHA_AHEAD: alpha})
         else:
             x_q = x
-        ahead = torch.empty(T * B, m)
+        ahead = loop.kept("ahead", T * B, m)
         if not one_hot_product(x_q.numpy(), weights.numpy(), ahead.numpy()):
             torch.mm(x_q, weights[:, :n].t(), out=ahead)
         loop.hold({P_AHEAD: ahead})
-        w_hb_t = torch.empty(h + 1, m).copy_(weights[:, n:].t())  # [W_h, w_bias]^T (blocks)
+        # [W_h, w_bias]^T (blocks)
+        w_hb_t = loop.kept("w_hb_t", h + 1, m).copy_(weights[:, n:].t())
     step, mm, phase = forward_step, torch.mm, OUTPUT if sto else BOTH
     if sto:
         loop.draw_uniforms()
@@ -874,7 +884,9 @@ def backward_sequence(
     loop = loop_for(io, generator, T, B, n, h, forward=False, split=split)
     loop.hold({P_GH: grad_hs, P_G: G, P_C: C, P_TC: TC, P_DC: dc, P_DA: dA, P_DZ: DZ})
     ptr, dim, rec, sto, noise_on = loop.ptr, loop.dim, loop.plan.record, loop.sto, loop.noise_on
-    matrix, z_t = weights[:, n:-1].contiguous() if split else weights, loop.out_t
+    # The split's steps read W_h (4h, h), a contiguous copy (kept: the loop's buffer).
+    matrix = loop.kept("w_h", *weights[:, n:-1].shape).copy_(weights[:, n:-1]) if split else weights
+    z_t = loop.out_t
     dAs = None if loop.in_side else dA.unbind(0)  # the matmul reads da_t itself
     step, phase = backward_step, OUTPUT if sto else BOTH
     n_out = z_t.shape[1]
