@@ -134,33 +134,26 @@ def _fire_words(slot_seed, n_slots, line_seed, thr, words, acc):
     ``l`` fires in slot ``t``, i.e. when ``u(slot_seed[t], line_seed[l]) < prob[l]``, computed
     as ``hash >> 8 < thr[l]`` (:func:`_fire_threshold`; ``line_seed`` uint32).
 
-    Lines run along the inner loop, which vectorizes. Trains of at most 32 slots (BL <= 32)
-    collect in the uint32 scratch ``acc`` (one per line) and are widened at the end: with
+    Lines run along the inner loop, which vectorizes. The slots go in blocks of 32, each
+    collected in the uint32 scratch ``acc`` (one per line) and then or-ed into the words: with
     every lane 32 bits wide the loop takes twice the lines per vector instruction as with the
     uint64 words (1.6x faster at BL 10). ``prob >= 1`` fires in every slot and ``prob = 0`` in
     none, exactly as in the reference (``0 <= u < 1``).
     """
     n_lines = words.shape[0]
-    if n_slots <= 32:
-        for line in range(n_lines):
-            acc[line] = np.uint32(0)
-        for t in range(n_slots):
-            slot = np.uint32(slot_seed[t])
-            bit32 = np.uint32(1) << np.uint32(t)
-            for line in range(n_lines):
-                m = _mix32_u32(np.uint32(slot ^ line_seed[line])) >> np.uint32(8)
-                acc[line] |= bit32 if m < thr[line] else np.uint32(0)
-        for line in range(n_lines):
-            words[line] = np.uint64(acc[line])
-        return
     for line in range(n_lines):
         words[line] = np.uint64(0)
-    for t in range(n_slots):
-        slot = np.uint32(slot_seed[t])
-        bit = np.uint64(1) << np.uint64(t)
+    for t0 in range(0, n_slots, 32):
         for line in range(n_lines):
-            m = _mix32_u32(np.uint32(slot ^ line_seed[line])) >> np.uint32(8)
-            words[line] |= bit if m < thr[line] else np.uint64(0)
+            acc[line] = np.uint32(0)
+        for t in range(t0, min(n_slots, t0 + 32)):
+            slot = np.uint32(slot_seed[t])
+            bit = np.uint32(1) << np.uint32(t - t0)
+            for line in range(n_lines):
+                m = _mix32_u32(np.uint32(slot ^ line_seed[line])) >> np.uint32(8)
+                acc[line] |= bit if m < thr[line] else np.uint32(0)
+        for line in range(n_lines):
+            words[line] |= np.uint64(acc[line]) << np.uint64(t0)
 
 
 @njit(cache=True, nogil=True, parallel=True)
