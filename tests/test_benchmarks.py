@@ -60,3 +60,19 @@ def test_update_parts_times_each_tile_of_a_real_step(capsys):
     update_parts.main(["--steps", "1", "--hidden", "8", "--repeats", "1"])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
     assert len(table) == 4 and all(line.count("|") == 10 for line in table)
+
+
+def test_bench_records_the_cpu_model(monkeypatch, tmp_path):
+    from rpusim import bench
+
+    cpu = bench.machine()["cpu"]
+    assert isinstance(cpu, str) and cpu and "\n" not in cpu
+    # Read from /proc/cpuinfo's "model name" where there is one.
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000 @ 3.0GHz\nflags\t\t: fpu\n")
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k),
+    )
+    assert bench.cpu_model() == "Some CPU 9000 @ 3.0GHz"

@@ -165,6 +165,20 @@ def nn_step(
     return step
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows: the
+    ratios to torch differ between CPUs of one architecture (a 2x128 RPU step at batch 1 was
+    0.48x torch on one 2-core x86 machine and 0.53x on another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str = "cpu") -> dict:
     """What the numbers were measured on."""
     import numba
@@ -182,6 +196,7 @@ def machine(device: str = "cpu") -> dict:
         "numba_threads": numba.get_num_threads(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numba": numba.__version__,
@@ -291,6 +306,7 @@ def main(
         algorithms=algorithms,
     )
     print()
+    print(f"CPU: {result['machine']['cpu']}, torch threads {result['machine']['torch_threads']}")
     print(markdown_table(result))
     if json_path is not None:
         from rpusim.io import atomic_write_text
