@@ -8,7 +8,8 @@
 #   baseline   the RPU baseline at batch 1 (the paper's setting: the compiled time loops)
 #   sto_asym   up_down 0.05 at batch 8 with stochastic rounding both ways (the Python loops)
 #   nm_bound   noise management off, backward ADC bound 3 (the fallbacks, bound management)
-# Compare the lines before and after a change (e.g. run it on a worktree of the old commit).
+# Compare the lines before and after a change (e.g. run it on a worktree of the old commit), on
+# one machine: another CPU gives other md5s.
 set -euo pipefail
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
