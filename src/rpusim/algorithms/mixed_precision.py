@@ -41,13 +41,12 @@ class MixedPrecision(Algorithm):
         t = self.tile
         if self.backend == "numba" or (self.backend == "auto" and t.device.type == "cpu"):
             from rpusim.algorithms.fused import mixed_precision_kernel
-            from rpusim.algorithms.pulses import device_args
 
             counters = np.array([self.schedule.count, self.n_transfers], np.int64)
             mixed_precision_kernel(t.cfg.device.kind)(
                 t.weights.numpy(), self.chi.numpy(), x.contiguous().numpy(), d.contiguous().numpy(),
                 np.float32(lr), np.float32(self.eps()), np.float32(self.cfg.max_pulses),
-                self.cfg.transfer_every, counters, *device_args(t.devices),
+                self.cfg.transfer_every, counters, *t.devices.numpy_args(),
                 rng.stream_base(self.key, rng.STREAM_C2C), rng.normal_table_numpy(),
             )  # fmt: skip
             self.schedule.count, self.n_transfers = int(counters[0]), int(counters[1])

@@ -157,16 +157,6 @@ def _kernel(kind: str):
     return njit_as(f"pulse_counts_{model_tag(kind)}", _pulse_counts, _pulses_one=pulses_one(kind))
 
 
-def device_args(dev: DeviceArrays) -> tuple:
-    """``(params, consts, w_min, w_max)`` of ``dev`` as the kernels take them (numpy views)."""
-    return (
-        dev.params.detach().contiguous().numpy(),
-        np.asarray(dev.consts, np.float64),
-        dev.w_min.detach().contiguous().numpy(),
-        dev.w_max.detach().contiguous().numpy(),
-    )
-
-
 @torch.no_grad()
 def apply_pulse_counts_numba(
     w: torch.Tensor, counts: torch.Tensor, dev: DeviceArrays, key: int, call: int = 0
@@ -178,7 +168,7 @@ def apply_pulse_counts_numba(
     _kernel(dev.kind)(
         w.numpy(),
         counts.detach().contiguous().numpy(),
-        *device_args(dev),
+        *dev.numpy_args(),
         pulse_seed(key, call),
         rng.normal_table_numpy(),
     )
@@ -237,5 +227,5 @@ def buffer_columns_numba(
         C.numpy(), H.numpy(), np.asarray(cols, np.int64), b.detach().contiguous().numpy(),
         np.float32(scale), np.float32(limit), bool(forget), np.float32(momentum),
         np.float32(1.0 - momentum),
-        *device_args(dev), pulse_seed(key, call), rng.normal_table_numpy(),
+        *dev.numpy_args(), pulse_seed(key, call), rng.normal_table_numpy(),
     )  # fmt: skip

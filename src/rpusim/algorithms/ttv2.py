@@ -147,7 +147,6 @@ class TTv2(TikiTaka):
     def _update_numba(self, x, d, lr, key, scales, due_at_end, n_reads, drawn) -> None:
         """The loop compiled (:mod:`rpusim.algorithms.fused`), chunk by chunk of pairs."""
         from rpusim.algorithms import fused
-        from rpusim.algorithms.pulses import device_args
         from rpusim.update import numba as unb
 
         t = self.tile
@@ -168,8 +167,8 @@ class TTv2(TikiTaka):
         col_word = np.empty((chunk, n_in), np.uint64)
         row_word = np.empty((chunk, n_out), np.uint64)
         col_mask = np.empty((chunk, max_bl, (n_in + 63) // 64), np.uint64)
-        fparams, consts, fw_min, fw_max = device_args(self.dev_fast)
-        cparams, _, cw_min, cw_max = device_args(t.devices)
+        fparams, consts, fw_min, fw_max = self.dev_fast.numpy_args()
+        cparams, _, cw_min, cw_max = t.devices.numpy_args()
         io = t.cfg.transfer_forward
         noise, reset_u, chop_u = drawn
         f32 = np.float32

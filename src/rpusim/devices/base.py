@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
@@ -134,6 +135,16 @@ class DeviceArrays:
     @property
     def dw_min_std(self) -> float:
         return self.consts[0]
+
+    def numpy_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(params, consts, w_min, w_max)`` as the compiled kernels take them: numpy views of
+        the (CPU) tensors, a contiguous copy of one that is not, and ``consts`` as float64."""
+        return (
+            self.params.detach().contiguous().numpy(),
+            np.asarray(self.consts, np.float64),
+            self.w_min.detach().contiguous().numpy(),
+            self.w_max.detach().contiguous().numpy(),
+        )
 
     def state(self) -> dict[str, torch.Tensor]:
         """Copies of the per-device arrays by name (what a checkpoint stores)."""

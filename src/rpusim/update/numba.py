@@ -569,15 +569,7 @@ def _device_args(dev: DeviceArrays) -> tuple:
         and hit[2] == state
     ):
         return hit[3]
-    args = (
-        _as_numpy(dev.params),
-        np.asarray(dev.consts, np.float64),
-        _as_numpy(dev.w_min),
-        _as_numpy(dev.w_max),
-        kernels(dev.kind),
-        dev.model.FOLDS,
-        np.float32(dev.dw_min_std),
-    )
+    args = (*dev.numpy_args(), kernels(dev.kind), dev.model.FOLDS, np.float32(dev.dw_min_std))
     if all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
         key = id(dev)
         gone = weakref.ref(dev, lambda _, key=key: _DEVICE_ARGS.pop(key, None))
