@@ -93,12 +93,12 @@ def parts(tile, x: torch.Tensor, d: torch.Tensor, repeats: int) -> dict[str, flo
     out = {"pass 1": _median_us(lambda: update_numba._pulse_pass(*pass1_args), repeats)}
 
     w = w0.numpy().copy()
-    apply_pass = update_numba.kernels(dev.kind)
+    # The devices as the update passes them to pass 2 (numpy views, the model's kernel).
+    params, consts, w_min, w_max, apply_pass, folds, c2c_std = update_numba._device_args(dev)
     pass2_args = (
-        w, x_np, d_np, 0, K, row_word, col_word, col_mask, dev.params.numpy(),
-        np.asarray(dev.consts, np.float64), dev.w_min.numpy(), dev.w_max.numpy(),
-        dev.model.FOLDS, np.float32(dev.dw_min_std), update_numba._sqrt_counts(), c2c_base,
-        c2c_col_seed, rng.normal_table_numpy(), n_out,
+        w, x_np, d_np, 0, K, row_word, col_word, col_mask, params, consts, w_min, w_max, folds,
+        c2c_std, update_numba._sqrt_counts(), c2c_base, c2c_col_seed, rng.normal_table_numpy(),
+        n_out,
     )  # fmt: skip
 
     def pass2() -> None:
