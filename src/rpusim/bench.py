@@ -167,8 +167,8 @@ def nn_step(
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows: the
-    ratios to torch differ between CPUs of one architecture (a 2x128 RPU step at batch 1 was
-    0.48x torch on one 2-core x86 machine and 0.53x on another)."""
+    ratios to torch differ between CPUs of one architecture (docs/performance.md compares an
+    Intel and an AMD machine)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
