@@ -189,6 +189,31 @@ def test_slot_bitsets_walk_and_gather_give_each_slots_columns(density):
     assert (mask[n_slots:] == 7).all()  # the slots past the train untouched
 
 
+def test_fire_thresholds_are_ceil_of_prob_times_2_24():
+    """Pass 1's integer thresholds, computed in float32 so that their loop vectorizes, are the
+    float64 definition ``ceil(min(1, s |v|) 2**24)`` (0 where ``v = 0``): for 2M random float32
+    bit patterns in [0, 1], the values just around the 2**-24 grid, and the edges."""
+    import numpy as np
+
+    from rpusim.update.numba import _thresholds
+
+    rs = np.random.RandomState(0)
+    grid = np.arange(1, 2**12, dtype=np.float64) * 2.0**-24
+    near = np.concatenate([grid, np.nextafter(grid, 0), np.nextafter(grid, 1)])
+    edges = [0.0, -0.0, 1.0, np.nextafter(1.0, 0.0), 1.5, np.inf, -1.0, 2.0**-149, 2.0**-126]
+    v = np.concatenate(
+        [rs.randint(0, 0x3F800001, 2_000_000).astype(np.uint32).view(np.float32), near, edges]
+    ).astype(np.float32)
+    v = np.stack([v, -v])  # two pairs: the sign of a line does not matter
+    scale = np.ones(2, np.float32)
+    out = np.empty(v.shape, np.uint32)
+    _thresholds(v, scale, 0, 2, out)
+    prob = np.minimum(np.abs(v).astype(np.float64), 1.0)
+    expected = np.where(prob > 0, np.ceil(prob * 2.0**24), 0).astype(np.uint32)
+    assert np.array_equal(out, expected)
+    assert out.max() == 2**24 and (out[:, -3] == 2**24).all()  # |v| >= 1 fires in every slot
+
+
 def test_numba_twin_follows_device_arrays_changed_between_calls():
     """The compiled update keeps numpy views of a tile's device arrays between calls: a step
     size changed in place, and a bound tensor replaced by another, are what the next call

