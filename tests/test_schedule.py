@@ -137,14 +137,18 @@ def test_constant_reproduces_the_runs_from_before_schedules(tmp_path, monkeypatc
     assert [r["lr"] for r in rows] == [cfg.train.lr] * len(rows)
     if not torch.__version__.startswith("2.13"):
         pytest.skip("the pinned losses were measured with torch 2.13")
-    keys = ("epoch", "chars", "valid_loss", "test_loss")
-    pinned = [[v for i, v in enumerate(row) if i != 2] for row in BEFORE_SCHEDULES[name]]
-    got = [[r[k].hex() if isinstance(r[k], float) else r[k] for k in keys] for r in rows]
-    assert got == pinned
-    # The float tile's running train loss is a float32 sum whose last bit depends on the CPU's
-    # vector width (seen: one ulp of float32 between two x86-64 machines); it is held to that.
-    for r, row in zip(rows, BEFORE_SCHEDULES[name], strict=True):
-        assert r["train_loss"] == pytest.approx(float.fromhex(row[2]), rel=1e-6)
+    pinned = BEFORE_SCHEDULES[name]
+    assert [[float.fromhex(row[0]), row[1]] for row in pinned] == [
+        [r["epoch"], r["chars"]] for r in rows
+    ]
+    # The losses are float32 sums whose last bits depend on the CPU's vector width (torch's
+    # kernels): the pinned rows came from AVX-512 machines. On an AVX2 one (an AMD EPYC of the
+    # Zen 3 generation) the RPU run's valid and test loss at 1,000 characters came out 3e-7
+    # higher (7e-8 relative). The rate of every step is checked exactly above; the losses are
+    # held to 1e-6 relative.
+    for r, row in zip(rows, pinned, strict=True):
+        for key, value in zip(("train_loss", "valid_loss", "test_loss"), row[2:], strict=True):
+            assert r[key] == pytest.approx(float.fromhex(value), rel=1e-6), key
 
 
 def test_metrics_csv_appends_the_lr_column(tmp_path):
