@@ -47,7 +47,13 @@ from rpusim import blas, ordered
 from rpusim.config import IOConfig
 from rpusim.periphery import is_ideal
 from rpusim.periphery.noise import padded
-from rpusim.periphery.numba import float32_at, input_side, output_side, reread_saturated
+from rpusim.periphery.numba import (
+    abs_max,
+    float32_at,
+    input_side,
+    output_side,
+    reread_saturated,
+)
 from rpusim.periphery.plan import plan_of
 
 _jit = njit(cache=True, nogil=True, error_model="numpy")
@@ -444,13 +450,9 @@ def input_ahead(x, bias, alpha, rec, x_q):
     N, n = x.shape
     p = rec[0]
     if p.nm:
+        start = _ONE if bias else np.float32(0.0)
         for r in range(N):
-            a = _ONE if bias else np.float32(0.0)
-            for j in range(n):
-                v = abs(x[r, j])
-                if v > a or v != v:
-                    a = v
-            alpha[r] = a
+            alpha[r] = abs_max(x[r], start)
     rows = np.arange(N)
     input_side(x, rows, alpha, _ONE, None, p, x_q)
 

@@ -36,6 +36,7 @@ from rpusim.periphery.plan import ReadPlan, plan_of
 
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
+_INF = np.float32(np.inf)
 
 
 class _Scratch(threading.local):
@@ -82,6 +83,33 @@ def float32_at(typingctx, address):
     return types.CPointer(types.float32)(types.int64), codegen
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The uint32 ``bits`` read as a float32 (the bit pattern, not the value)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.uint32), codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def abs_max(row, start):
+    """``max(start, max |row|)`` of a float32 row, NaN if one is NaN (``start`` >= 0, not NaN):
+    torch's ``amax`` of ``|x|``, as noise management takes it.
+
+    On the bit patterns: without the sign bit, a finite float32's bits order as its magnitude
+    does, and inf and NaN lie above them all, so the maximum is an integer maximum, a loop that
+    vectorizes (~0.1 ns an element; the float loop with its NaN test, ~1 ns). Of several NaNs
+    it keeps the one with the largest payload: the same value for every later operation."""
+    bits = row.view(np.uint32)
+    m = np.uint32(0)
+    for j in range(bits.shape[0]):
+        m = max(m, bits[j] & np.uint32(0x7FFFFFFF))
+    a = _float32_from_bits(m)
+    return a if a != a or a > start else start
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _clip(v, bound):
     """``v`` clipped to ``[-bound, bound]``; NaN stays NaN (as ``torch.clamp``)."""
@@ -109,29 +137,28 @@ def input_side(x, rows, alpha, factor, u, p, x_q):
         if rows is None:
             r = i
             if nm:
-                a = _ZERO
-                for j in range(n):
-                    m = abs(x[r, j])
-                    if m > a or m != m:  # a NaN wins, as in torch's amax
-                        a = m
-                alpha[r] = a
+                alpha[r] = abs_max(x[r], _ZERO)  # a NaN wins, as in torch's amax
         else:
             r = rows[i]
+        # Without noise management the divisor is 1 and without a clip the bound inf: the
+        # same values (x / 1 = x, NaN too), and a loop without a branch per setting vectorizes.
         divisor = _ONE
         if nm and alpha[r] > _ZERO:
             divisor = alpha[r]
-        for j in range(n):
-            v = x[r, j]
-            if nm:
-                v = v / divisor
-            if rows is not None:
-                v = v / factor
-            if clip:
-                v = _clip(v, bound)
-            if quant:
-                s = v * per_step
-                v = np.rint(s) * step if u is None else np.floor(s + u[i, j]) * step
-            x_q[i, j] = v
+        b = bound if clip else _INF
+        if quant:
+            for j in range(n):
+                v = x[r, j] / divisor
+                if rows is not None:
+                    v = v / factor
+                s = _clip(v, b) * per_step
+                x_q[i, j] = np.rint(s) * step if u is None else np.floor(s + u[i, j]) * step
+        else:
+            for j in range(n):
+                v = x[r, j] / divisor
+                if rows is not None:
+                    v = v / factor
+                x_q[i, j] = _clip(v, b)
 
 
 @njit(cache=True, nogil=True)
