@@ -101,12 +101,31 @@ def _float64_from_bits(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _bits_of_float64(typingctx, value):
+    """The float64 ``value``'s bit pattern as an int64."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return types.int64(types.float64), codegen
+
+
+#: ``k + 1.5 * 2**52`` holds an integer-valued ``|k| < 2**51`` in its mantissa's low bits.
+_ROUND_MAGIC = 6755399441055744.0
+
+
 @_jit
 def _exp_parts(x):
-    """``(expm1(r), 2^k)`` for ``x = k ln 2 + r`` (x clamped to [-708, 708])."""
+    """``(expm1(r), 2^k)`` for ``x = k ln 2 + r`` (x clamped to [-708, 708]).
+
+    ``k`` stays a float64 and ``2^k`` is made from its bits (``|k| <= 1021``: the low 12 bits
+    of ``bits(k + 1.5 2^52) + 1023`` are ``k + 1023``), not by a float-to-integer conversion:
+    AVX2 has none for float64 vectors, and the loop did not vectorize there (4.1 -> 1.2 us per
+    cell step of 128 units on an AMD EPYC Zen 3). The same numbers."""
     x = 708.0 if x > 708.0 else x
     x = -708.0 if x < -708.0 else x
-    k = math.floor(x * _INV_LN2 + 0.5)
+    k = np.floor(x * _INV_LN2 + 0.5)
     r = (x - k * _LN2_HI) - k * _LN2_LO
     c = _TAYLOR
     q = c[11]
@@ -121,7 +140,7 @@ def _exp_parts(x):
     q = q * r + c[2]
     q = q * r + c[1]
     q = q * r + c[0]
-    return r + (r * r) * q, _float64_from_bits((np.int64(k) + 1023) << 52)
+    return r + (r * r) * q, _float64_from_bits((_bits_of_float64(k + _ROUND_MAGIC) + 1023) << 52)
 
 
 @_jit
@@ -167,18 +186,23 @@ def cell_forward(a, t, n, G, C, TC, Z):
     (as computed, not as stored)."""
     B, h = a.shape[0], C.shape[2]
     s = np.empty(4 * h)
+    c, tc = np.empty(h), np.empty(h)  # c_t and tanh(c_t) in float64
     for b in range(B):
         _gates(a[b], s, h)
         g_t = G[t, b]
         for j in range(4 * h):
             g_t[j] = s[j]
         c_prev, c_new, tc_t, z_new = C[t, b], C[t + 1, b], TC[t, b], Z[t + 1, b, n : n + h]
+        # Three loops of few arrays each, so that each vectorizes (one loop over all of them
+        # did not: 1.4 us of a 3.3 us cell step at 128 units on an AVX2 CPU).
         for j in range(h):
-            c = s[h + j] * c_prev[j] + s[j] * s[2 * h + j]
-            tc = tanh(c)
-            c_new[j] = c
-            tc_t[j] = tc
-            z_new[j] = s[3 * h + j] * tc
+            c[j] = s[h + j] * c_prev[j] + s[j] * s[2 * h + j]
+        for j in range(h):
+            tc[j] = tanh(c[j])
+        for j in range(h):
+            c_new[j] = c[j]
+            tc_t[j] = tc[j]
+            z_new[j] = s[3 * h + j] * tc[j]
 
 
 @_jit
