@@ -76,3 +76,25 @@ def test_bench_records_the_cpu_model(monkeypatch, tmp_path):
         lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k),
     )
     assert bench.cpu_model() == "Some CPU 9000 @ 3.0GHz"
+
+
+def test_ab_versions_runs_another_source_tree_beside_this_one(capsys, tmp_path, monkeypatch):
+    """The A/B script imports a second copy of rpusim as ``rpusim_old`` (every import of it,
+    the device registry's too, from the copy) and prints a row per quarter of the run."""
+    import sys
+
+    ab = load("ab_versions")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    old_bench = ab.import_old(ROOT / "src", tmp_path)
+    from rpusim_old import devices as old_devices
+
+    assert Path(old_bench.__file__).is_relative_to(tmp_path)
+    model = old_devices.MODELS["constant_step"]
+    assert model.__name__.startswith("rpusim_old.")
+    assert Path(model.__file__).is_relative_to(tmp_path)
+    with pytest.raises(SystemExit, match="--old"):
+        ab.import_old(tmp_path / "nowhere", tmp_path / "x")
+    argv = ["--old", str(ROOT / "src"), "--steps", "4", "--block", "1", "--hidden", "8"]
+    ab.main([*argv, "--preset", "ideal"])  # float tiles: none of the copy's kernels to compile
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 4 + 1 and rows[-1].startswith("| all |")
