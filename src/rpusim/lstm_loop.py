@@ -121,8 +121,8 @@ def _exp_parts(x):
 
     ``k`` stays a float64 and ``2^k`` is made from its bits (``|k| <= 1021``: the low 12 bits
     of ``bits(k + 1.5 2^52) + 1023`` are ``k + 1023``), not by a float-to-integer conversion:
-    AVX2 has none for float64 vectors, and the loop did not vectorize there (4.1 -> 1.2 us per
-    cell step of 128 units on an AMD EPYC Zen 3). The same numbers."""
+    AVX2 has none for float64 vectors, and the gates' loops did not vectorize there (2.6 ->
+    1.9 us for the gates of a 128-unit cell step on an AMD EPYC Zen 3). The same numbers."""
     x = 708.0 if x > 708.0 else x
     x = -708.0 if x < -708.0 else x
     k = np.floor(x * _INV_LN2 + 0.5)
