@@ -49,6 +49,7 @@ from rpusim.periphery import is_ideal
 from rpusim.periphery.noise import padded
 from rpusim.periphery.numba import (
     abs_max,
+    bits_as,
     float32_at,
     input_side,
     output_side,
@@ -91,26 +92,6 @@ _LN2_LO = 1.90821492927058770002e-10
 _TAYLOR = tuple(1.0 / math.factorial(n) for n in range(2, 14))
 
 
-@intrinsic
-def _float64_from_bits(typingctx, bits):
-    """The int64 ``bits`` read as a float64 (the bit pattern, not the value)."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return types.float64(types.int64), codegen
-
-
-@intrinsic
-def _bits_of_float64(typingctx, value):
-    """The float64 ``value``'s bit pattern as an int64."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-
-    return types.int64(types.float64), codegen
-
-
 #: ``k + 1.5 * 2**52`` holds an integer-valued ``|k| < 2**51`` in its mantissa's low bits.
 _ROUND_MAGIC = 6755399441055744.0
 
@@ -140,7 +121,7 @@ def _exp_parts(x):
     q = q * r + c[2]
     q = q * r + c[1]
     q = q * r + c[0]
-    return r + (r * r) * q, _float64_from_bits((_bits_of_float64(k + _ROUND_MAGIC) + 1023) << 52)
+    return r + (r * r) * q, bits_as((bits_as(k + _ROUND_MAGIC, np.int64) + 1023) << 52, np.float64)
 
 
 @_jit

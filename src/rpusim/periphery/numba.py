@@ -84,13 +84,17 @@ def float32_at(typingctx, address):
 
 
 @intrinsic
-def _float32_from_bits(typingctx, bits):
-    """The uint32 ``bits`` read as a float32 (the bit pattern, not the value)."""
+def bits_as(typingctx, value, to):
+    """``value``'s bit pattern read as the scalar type ``to`` of the same width (``np.float32``,
+    ``np.int64``, ...): the bits, not the value."""
+    target = getattr(to, "instance_type", None)
+    if getattr(target, "bitwidth", None) != getattr(value, "bitwidth", -1):
+        return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
+        return builder.bitcast(args[0], context.get_value_type(target))
 
-    return types.float32(types.uint32), codegen
+    return target(value, to), codegen
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -106,7 +110,7 @@ def abs_max(row, start):
     m = np.uint32(0)
     for j in range(bits.shape[0]):
         m = max(m, bits[j] & np.uint32(0x7FFFFFFF))
-    a = _float32_from_bits(m)
+    a = bits_as(np.uint32(m), np.float32)
     return a if a != a or a > start else start
 
 

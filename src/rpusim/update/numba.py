@@ -44,6 +44,7 @@ from rpusim import rng
 from rpusim.config import UpdateConfig
 from rpusim.devices import MODELS, DeviceArrays, ops
 from rpusim.devices.ops import NUMBA, bind
+from rpusim.periphery.numba import abs_max
 from rpusim.update.plan import check_args, pulse_scales, sqrt_counts
 
 #: Most pairs whose pulse words are held at once (bounds the scratch memory).
@@ -64,6 +65,7 @@ _U24 = np.float32(2.0**-24)
 _2_24 = np.float32(2.0**24)
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
+_INF = np.float32(np.inf)
 _GAUSS_SHIFT = 32 - rng.TABLE_BITS
 
 
@@ -470,21 +472,14 @@ def njit_as(name: str, fn, parallel: bool = False, **bound):
 @njit(cache=True, nogil=True)
 def _abs_max_rows(v):
     """``max |v|`` of each row of v (K, n) float32, as float64; NaN if a row is not finite
-    (then :func:`scales_of` leaves the plan to the torch code).
-
-    On the bit patterns: without the sign bit, a finite float32's bits order as its magnitude
-    does, and inf and NaN lie above them all; an integer maximum is a loop that vectorizes
-    (a float one, with NaN's rules, does not). Equal to ``max(max v, -min v)`` (the sign of a
-    zero result aside, which no caller sees: a zero row makes no update)."""
-    bits = v.view(np.uint32)
+    (then :func:`scales_of` leaves the plan to the torch code). The maximum is noise
+    management's (:func:`rpusim.periphery.numba.abs_max`, an integer maximum of the bit
+    patterns, a loop that vectorizes). Equal to ``max(max v, -min v)`` (the sign of a zero
+    result aside, which no caller sees: a zero row makes no update)."""
     out = np.empty(v.shape[0], np.float64)
-    one = np.empty(1, np.uint32)
     for k in range(v.shape[0]):
-        m = np.uint32(0)
-        for i in range(v.shape[1]):
-            m = max(m, bits[k, i] & np.uint32(0x7FFFFFFF))
-        one[0] = m
-        out[k] = np.float64(one.view(np.float32)[0]) if m < np.uint32(0x7F800000) else np.nan
+        m = abs_max(v[k], _ZERO)
+        out[k] = np.float64(m) if m < _INF else np.nan
     return out
 
 
